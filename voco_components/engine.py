@@ -1,0 +1,150 @@
+"""Glue between VoCo and MONAI's Ignite workflows (``SupervisedTrainer`` / ``SupervisedEvaluator``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from ignite.engine import Engine, Events
+from monai.engines.utils import PrepareBatch
+from monai.utils import CommonKeys
+from torch import nn
+
+from voco_components.losses import OfficialVoCoLoss, VoCoLoss
+from voco_components.networks import VoCoTeacherStudent
+from voco_components.variants import get_variant
+
+__all__ = ["VoCoPrepareBatch", "split_crop_features", "VoCoCriterion", "EMATeacherHandler", "LossTermsHandler"]
+
+
+def split_crop_features(features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split the network output of a batch into random-crop and base-crop features.
+
+    Args:
+        features: (B * (n + k), C), volumes contiguous, each with its n base crops first.
+        labels: (B, k, n) position labels, which give B, k and n.
+
+    Returns:
+        random (B, k, C) and base (B, n, C).
+    """
+    if labels.ndim != 3:
+        raise ValueError(f"labels must have shape (B, k, n), got {tuple(labels.shape)}.")
+    b, k, n = labels.shape
+    if features.ndim != 2 or features.shape[0] != b * (n + k):
+        raise ValueError(
+            f"features must have shape (B*(n+k), C) = ({b * (n + k)}, C) for labels {tuple(labels.shape)}, "
+            f"got {tuple(features.shape)}."
+        )
+    per_volume = features.reshape(b, n + k, features.shape[-1])
+    return per_volume[:, n:], per_volume[:, :n]
+
+
+class VoCoPrepareBatch(PrepareBatch):
+    """Turn a collated VoCo batch into network input and targets.
+
+    ``batchdata[image_key]``: (B, n + k, C, *roi) from :class:`voco_components.transforms.VoCoCropd`;
+    ``batchdata[label_key]``: (B, k, n). Returns inputs (B * (n + k), C, *roi) and labels (B, k, n).
+    """
+
+    def __init__(self, image_key: str = CommonKeys.IMAGE, label_key: str = CommonKeys.LABEL) -> None:
+        self.image_key = image_key
+        self.label_key = label_key
+
+    def __call__(
+        self,
+        batchdata: dict[str, torch.Tensor],
+        device: str | torch.device | None = None,
+        non_blocking: bool = False,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        images = torch.as_tensor(batchdata[self.image_key])
+        labels = torch.as_tensor(batchdata[self.label_key])
+        if images.ndim != 6:
+            raise ValueError(
+                f"'{self.image_key}' must be a batch of crop stacks (B, n + k, C, D, H, W), got {tuple(images.shape)}."
+            )
+        if labels.ndim != 3 or labels.shape[0] != images.shape[0] or sum(labels.shape[1:]) != images.shape[1]:
+            raise ValueError(
+                f"'{self.label_key}' must have shape (B, k, n) with n + k = {images.shape[1]}, "
+                f"got {tuple(labels.shape)}."
+            )
+        inputs = images.flatten(0, 1).to(device=device, non_blocking=non_blocking, **kwargs)
+        return inputs, labels.to(device=device, non_blocking=non_blocking, **kwargs)
+
+
+class VoCoCriterion(nn.Module):
+    """``SupervisedTrainer(loss_function=...)`` adapter: network output and labels in, VoCo loss out.
+
+    Args:
+        variant: ``paper`` (output (B*(n+k), C), :class:`VoCoLoss`) or ``official`` (output (2, B*(n+k), C)
+            from :class:`VoCoTeacherStudent`, :class:`OfficialVoCoLoss`).
+        lambda_reg: regulariser weight of the paper variant.
+
+    ``terms`` holds the detached loss terms of the last call.
+    """
+
+    def __init__(self, variant: str = "paper", lambda_reg: float = 1.0) -> None:
+        super().__init__()
+        self.variant = get_variant(variant)
+        self.loss = OfficialVoCoLoss() if self.variant.uses_teacher else VoCoLoss(lambda_reg=lambda_reg)
+
+    @property
+    def terms(self) -> dict[str, torch.Tensor]:
+        return self.loss.terms
+
+    def forward(self, output: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if not self.variant.uses_teacher:
+            random, base = split_crop_features(output, labels)
+            return self.loss(random, base, labels)
+        if output.ndim != 3 or output.shape[0] != 2:
+            raise ValueError(
+                f"the official variant needs (student, teacher) features (2, N, C), got {tuple(output.shape)}."
+            )
+        s_random, s_base = split_crop_features(output[0], labels)
+        t_random, t_base = split_crop_features(output[1], labels)
+        return self.loss(s_random, s_base, t_random, t_base, labels)
+
+
+def _unwrap(network: nn.Module) -> nn.Module:
+    return network.module if isinstance(network, nn.parallel.DistributedDataParallel) else network
+
+
+class EMATeacherHandler:
+    """Ignite handler: after every iteration, move the teacher towards the student (author code: momentum 0.9).
+
+    Args:
+        momentum: EMA momentum; the teacher keeps this fraction of itself per step.
+        network: the :class:`VoCoTeacherStudent`; the engine's ``network`` (DDP unwrapped) when None.
+    """
+
+    def __init__(self, momentum: float = 0.9, network: VoCoTeacherStudent | None = None) -> None:
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"momentum must lie in [0, 1), got {momentum}.")
+        self.momentum = momentum
+        self.network = network
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        network = _unwrap(self.network if self.network is not None else engine.network)
+        if not isinstance(network, VoCoTeacherStudent):
+            raise TypeError(f"EMATeacherHandler needs a VoCoTeacherStudent network, got {type(network).__name__}.")
+        network.update_teacher(self.momentum)
+
+
+class LossTermsHandler:
+    """Ignite handler: copy the criterion's loss terms into ``engine.state.output`` as ``loss_<term>`` floats,
+    so that ``StatsHandler`` and ``TensorBoardStatsHandler`` log them beside ``loss``."""
+
+    def __init__(self, criterion: VoCoCriterion | VoCoLoss | OfficialVoCoLoss) -> None:
+        self.criterion = criterion
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        output = engine.state.output
+        if isinstance(output, dict):
+            for name, value in self.criterion.terms.items():
+                output[f"loss_{name}"] = float(value)

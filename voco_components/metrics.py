@@ -1,0 +1,95 @@
+"""Position-prediction metrics for a ``SupervisedEvaluator`` running a VoCo network on VoCo crops."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from ignite.exceptions import NotComputableError
+from ignite.metrics import Metric
+from monai.utils import CommonKeys
+
+from voco_components.engine import split_crop_features
+from voco_components.losses import position_logits
+
+__all__ = ["top1_hits", "effective_rank", "PositionTop1Accuracy", "PositionMAE", "BaseEffectiveRank", "chance_top1"]
+
+
+def _pred_and_label(output: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Evaluator output -> (features (B*(n+k), C), labels (B, k, n)); accepts a dict or a list of dicts."""
+    if isinstance(output, dict):
+        return output[CommonKeys.PRED], output[CommonKeys.LABEL]
+    if isinstance(output, (list, tuple)) and output and isinstance(output[0], dict):
+        return torch.stack([o[CommonKeys.PRED] for o in output]), torch.stack([o[CommonKeys.LABEL] for o in output])
+    return output[0], output[1]
+
+
+def top1_hits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(B, k, n) -> bool (B, k): the base with the highest logit has the largest overlap (ties in y all count)."""
+    chosen = labels.gather(-1, logits.argmax(dim=-1, keepdim=True)).squeeze(-1)
+    return chosen >= labels.amax(dim=-1)
+
+
+def chance_top1(labels: torch.Tensor) -> torch.Tensor:
+    """Expected top-1 accuracy of a uniformly random choice of base: mean of (#bases with the largest y) / n."""
+    ties = (labels == labels.amax(dim=-1, keepdim=True)).sum(dim=-1).to(torch.float64)
+    return (ties / labels.shape[-1]).mean()
+
+
+def effective_rank(features: torch.Tensor) -> torch.Tensor:
+    """exp(entropy of the normalised singular values) of each (n, C) matrix in (B, n, C) -> (B,), in [1, n].
+
+    A collapsed set of base features (all alike) has effective rank near 1; n orthogonal ones have n.
+    """
+    singular = torch.linalg.svdvals(features.to(torch.float64))
+    p = singular / singular.sum(dim=-1, keepdim=True).clamp_min(1e-12)
+    entropy = -(p * torch.log(p.clamp_min(1e-12))).sum(dim=-1)
+    return entropy.exp()
+
+
+class _CropMetric(Metric):
+    """Accumulates a sum and a count over evaluator iterations."""
+
+    def __init__(self, output_transform: Callable = _pred_and_label, device: str | torch.device = "cpu") -> None:
+        super().__init__(output_transform=output_transform, device=device)
+
+    def reset(self) -> None:
+        self._sum = 0.0
+        self._count = 0
+
+    def _add(self, values: torch.Tensor) -> None:
+        self._sum += float(values.detach().to(torch.float64).sum())
+        self._count += values.numel()
+
+    def compute(self) -> float:
+        if self._count == 0:
+            raise NotComputableError(f"{type(self).__name__} needs at least one batch before compute().")
+        return self._sum / self._count
+
+
+class PositionTop1Accuracy(_CropMetric):
+    """Fraction of random crops whose highest logit points at a base with the largest overlap."""
+
+    def update(self, output: tuple[torch.Tensor, torch.Tensor]) -> None:
+        features, labels = output
+        random, base = split_crop_features(features, labels)
+        self._add(top1_hits(position_logits(random, base), labels).float())
+
+
+class PositionMAE(_CropMetric):
+    """Mean |l - y| over all random crops and bases."""
+
+    def update(self, output: tuple[torch.Tensor, torch.Tensor]) -> None:
+        features, labels = output
+        random, base = split_crop_features(features, labels)
+        self._add((position_logits(random, base) - labels).abs())
+
+
+class BaseEffectiveRank(_CropMetric):
+    """Mean effective rank of each volume's n base features: near 1 signals collapse, n is the maximum."""
+
+    def update(self, output: tuple[torch.Tensor, torch.Tensor]) -> None:
+        features, labels = output
+        _, base = split_crop_features(features, labels)
+        self._add(effective_rank(base))

@@ -1,0 +1,189 @@
+"""VoCo networks: an encoder, 3D adaptive average pooling and a projector giving one vector per crop."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from monai.networks.nets import BasicUNet, SwinUNETR
+from torch import nn
+
+__all__ = ["SwinEncoder", "UNetEncoder", "ProjectionHead", "VoCoNet", "VoCoTeacherStudent"]
+
+
+class SwinEncoder(nn.Module):
+    """The encoder path of MONAI's ``SwinUNETR``, with ``SwinUNETR``'s parameter names.
+
+    ``state_dict()`` therefore loads into ``SwinUNETR(in_channels, out_channels, feature_size, ...)``
+    unchanged (``swinViT.*``, plus ``encoder1/2/3/4/10.*`` when ``multiscale``).
+
+    Args:
+        in_channels: input channels.
+        feature_size: SwinUNETR's feature size (48 for Swin-B as in the paper).
+        window_size: attention window.
+        depths: blocks per stage.
+        num_heads: attention heads per stage.
+        use_checkpoint: gradient checkpointing inside the Swin blocks.
+        use_v2: SwinUNETR-v2 residual convolution blocks.
+        multiscale: also keep SwinUNETR's ``encoder1/2/3/4/10`` blocks and return their five outputs
+            (the author code's 24·feature_size pooled embedding, 1152-d for 48); otherwise return the
+            last Swin stage only (16·feature_size channels, the CVPR head).
+
+    Forward: (N, in_channels, D, H, W), each of D, H, W divisible by 32 -> list of feature maps (N, C_i, ...).
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        feature_size: int = 48,
+        window_size: int | Sequence[int] = 7,
+        depths: Sequence[int] = (2, 2, 2, 2),
+        num_heads: Sequence[int] = (3, 6, 12, 24),
+        use_checkpoint: bool = False,
+        use_v2: bool = False,
+        multiscale: bool = False,
+    ) -> None:
+        super().__init__()
+        full = SwinUNETR(
+            in_channels=in_channels,
+            out_channels=1,
+            feature_size=feature_size,
+            window_size=window_size,
+            depths=depths,
+            num_heads=num_heads,
+            use_checkpoint=use_checkpoint,
+            use_v2=use_v2,
+            spatial_dims=3,
+        )
+        self.normalize = full.normalize
+        self.swinViT = full.swinViT  # noqa: N815 (SwinUNETR's attribute name)
+        self.multiscale = multiscale
+        if multiscale:
+            self.encoder1, self.encoder2, self.encoder3 = full.encoder1, full.encoder2, full.encoder3
+            self.encoder4, self.encoder10 = full.encoder4, full.encoder10
+            self.out_channels = 24 * feature_size
+        else:
+            self.out_channels = 16 * feature_size
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        hidden = self.swinViT(x, self.normalize)
+        if not self.multiscale:
+            return [hidden[4]]
+        return [
+            self.encoder1(x),
+            self.encoder2(hidden[0]),
+            self.encoder3(hidden[1]),
+            self.encoder4(hidden[2]),
+            self.encoder10(hidden[4]),
+        ]
+
+
+class UNetEncoder(nn.Module):
+    """The contracting path of MONAI's ``BasicUNet`` (``conv_0``, ``down_1..4``), with its parameter names.
+
+    Args:
+        in_channels: input channels.
+        features: BasicUNet's six feature counts; the encoder uses the first five.
+        multiscale: return all five levels instead of the deepest one.
+
+    Forward: (N, in_channels, D, H, W), each divisible by 16 -> list of feature maps.
+    """
+
+    def __init__(
+        self, in_channels: int = 1, features: Sequence[int] = (32, 32, 64, 128, 256, 32), multiscale: bool = False
+    ) -> None:
+        super().__init__()
+        full = BasicUNet(spatial_dims=3, in_channels=in_channels, out_channels=1, features=features)
+        self.conv_0, self.down_1, self.down_2 = full.conv_0, full.down_1, full.down_2
+        self.down_3, self.down_4 = full.down_3, full.down_4
+        self.multiscale = multiscale
+        self.out_channels = sum(features[:5]) if multiscale else features[4]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        levels = [self.conv_0(x)]
+        for down in (self.down_1, self.down_2, self.down_3, self.down_4):
+            levels.append(down(levels[-1]))
+        return levels if self.multiscale else levels[-1:]
+
+
+class ProjectionHead(nn.Module):
+    """Linear-BN-ReLU, Linear-BN-ReLU, Linear: (N, in_dim) -> (N, out_dim).
+
+    The batch norms normalise over every crop of the step together (base and random crops share one batch).
+    """
+
+    def __init__(self, in_dim: int, hidden_dim: int = 2048, out_dim: int = 2048) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Linear(in_dim, hidden_dim),
+            nn.BatchNorm1d(hidden_dim),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden_dim, hidden_dim),
+            nn.BatchNorm1d(hidden_dim),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden_dim, out_dim),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class VoCoNet(nn.Module):
+    """Encoder -> 3D adaptive average pooling (per returned level, concatenated) -> projector.
+
+    Args:
+        encoder: a module returning a list of feature maps and exposing ``out_channels`` (the summed
+            channels of those maps), e.g. :class:`SwinEncoder` or :class:`UNetEncoder`.
+        hidden_dim: projector hidden width.
+        out_dim: projected feature size C (2048 in the paper).
+
+    Forward: crops (N, C_in, D, H, W) -> features (N, out_dim).
+    """
+
+    def __init__(self, encoder: nn.Module, hidden_dim: int = 2048, out_dim: int = 2048) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.projector = ProjectionHead(int(encoder.out_channels), hidden_dim, out_dim)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C_in, D, H, W) -> pooled encoder embedding (N, encoder.out_channels)."""
+        return torch.cat([F.adaptive_avg_pool3d(level, 1).flatten(1) for level in self.encoder(x)], dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.projector(self.embed(x))
+
+
+class VoCoTeacherStudent(nn.Module):
+    """The author code's student/teacher pair: the teacher is an exponential moving average of the student.
+
+    The teacher starts as a copy of the student, takes no gradients, and is updated by
+    :meth:`update_teacher` (see :class:`voco_components.engine.EMATeacherHandler`).
+
+    Forward: crops (N, C_in, D, H, W) -> (2, N, C): student features, then teacher features.
+    """
+
+    def __init__(self, student: VoCoNet) -> None:
+        super().__init__()
+        self.student = student
+        self.teacher = copy.deepcopy(student)
+        self.teacher.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        student = self.student(x)
+        with torch.no_grad():
+            self.teacher.train(self.student.training)
+            teacher = self.teacher(x)
+        return torch.stack((student, teacher.detach()))
+
+    @torch.no_grad()
+    def update_teacher(self, momentum: float) -> None:
+        """teacher <- momentum * teacher + (1 - momentum) * student, for parameters and float buffers."""
+        for t_param, s_param in zip(self.teacher.parameters(), self.student.parameters(), strict=True):
+            t_param.mul_(momentum).add_(s_param.detach(), alpha=1.0 - momentum)
+        for t_buf, s_buf in zip(self.teacher.buffers(), self.student.buffers(), strict=True):
+            if t_buf.is_floating_point():
+                t_buf.mul_(momentum).add_(s_buf, alpha=1.0 - momentum)
+            else:
+                t_buf.copy_(s_buf)

@@ -1,0 +1,216 @@
+"""The VoCo crop transform: base crops, random crops and their position labels from one volume."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import MapTransform, Randomizable
+
+from voco_components.labels import base_boxes, position_labels
+
+__all__ = ["VoCoCropd"]
+
+
+def _source_name(value: Any) -> str:
+    """A readable name for the volume, taken from its metadata when it has some."""
+    if isinstance(value, MetaTensor):
+        name = value.meta.get("filename_or_obj")
+        if name:
+            return f" of {name}"
+    return ""
+
+
+class VoCoCropd(Randomizable, MapTransform):
+    """Cut a volume into the n base crops and k random crops of VoCo and compute their position labels.
+
+    The volume (channel-first, spatial shape of any size) is resampled once, trilinearly, to the sampling
+    grid ``grid * roi_size`` (256×256×64 for the defaults): the paper's ``region_size`` region
+    (384×384×64) at the scale of the ``roi_size`` crops. This samples the same points as resizing to
+    ``region_size`` and then resizing each crop to ``roi_size``, with one interpolation instead of n + k.
+    A volume that already has the sampling-grid shape (what cached preprocessing should store) is only
+    sliced. Base crops are the grid cells; random crops of ``crop_size`` (region units, one cell by
+    default) lie fully inside the region, at integer positions of the sampling grid. When a random crop
+    does not map to exactly ``roi_size`` sampling-grid voxels it is resampled trilinearly to ``roi_size``.
+
+    Writes, for every key in ``keys`` (all cropped with the same boxes):
+
+    - ``key``: float tensor (n + k, C, *roi_size), the n base crops first (C order over the grid, see
+      :func:`voco_components.labels.base_boxes`), then the k random crops;
+    - ``label_key``: float32 (k, n) position labels of the random crops;
+    - ``box_key``: float32 (n + k, 3, 2) ``[start, end)`` of every crop in region coordinates.
+
+    Args:
+        keys: keys of the channel-first 3D images to crop.
+        region_size: the region the volume stands for, in the paper's units (384×384×64).
+        grid: base cells per axis; ``region_size`` must be divisible by it.
+        roi_size: spatial size of every output crop.
+        num_crops: k, the number of random crops.
+        crop_size: random-crop size in region units; one base cell when None.
+        label_key: where the (k, n) position labels go.
+        box_key: where the (n + k, 3, 2) crop boxes go.
+        flip_prob: per crop and per spatial axis, the probability of a flip.
+        rot90_prob: per crop, the probability of a rotation by 90, 180 or 270 degrees in the first two
+            spatial axes (needs equal ``roi_size`` on those axes).
+        shift_intensity_prob: per crop, the probability of adding an offset drawn from
+            U(-shift_intensity_offset, shift_intensity_offset).
+        shift_intensity_offset: largest absolute intensity offset.
+        allow_missing_keys: do not raise when a key is missing.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        region_size: Sequence[int] = (384, 384, 64),
+        grid: Sequence[int] = (4, 4, 1),
+        roi_size: Sequence[int] = (64, 64, 64),
+        num_crops: int = 4,
+        crop_size: Sequence[float] | None = None,
+        label_key: str = "label",
+        box_key: str = "voco_boxes",
+        flip_prob: float = 0.0,
+        rot90_prob: float = 0.0,
+        shift_intensity_prob: float = 0.0,
+        shift_intensity_offset: float = 0.1,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        self.region_size = self._positive_triple(region_size, "region_size")
+        self.grid = self._positive_triple(grid, "grid")
+        self.roi_size = self._positive_triple(roi_size, "roi_size")
+        self.base = base_boxes(self.region_size, self.grid)  # raises when not divisible
+        cell = self.region_size / self.grid
+        self.crop_size = cell.clone() if crop_size is None else torch.as_tensor(crop_size, dtype=torch.float64)
+        if self.crop_size.numel() != 3 or bool((self.crop_size <= 0).any()):
+            raise ValueError(f"crop_size must be 3 positive numbers, got {self.crop_size.tolist()}.")
+        if bool((self.crop_size > self.region_size).any()):
+            raise ValueError(
+                f"crop_size {self.crop_size.tolist()} is larger than region_size {self.region_size.tolist()}: "
+                "random crops must fit inside the region."
+            )
+        if int(num_crops) < 1:
+            raise ValueError(f"num_crops must be at least 1, got {num_crops}.")
+        for name, prob in (
+            ("flip_prob", flip_prob),
+            ("rot90_prob", rot90_prob),
+            ("shift_intensity_prob", shift_intensity_prob),
+        ):
+            if not 0.0 <= prob <= 1.0:
+                raise ValueError(f"{name} must lie in [0, 1], got {prob}.")
+        if rot90_prob > 0 and self.roi_size[0] != self.roi_size[1]:
+            raise ValueError(f"rot90 needs equal roi_size on the first two axes, got {self.roi_size.tolist()}.")
+        self.num_crops = int(num_crops)
+        self.label_key = label_key
+        self.box_key = box_key
+        self.flip_prob = flip_prob
+        self.rot90_prob = rot90_prob
+        self.shift_intensity_prob = shift_intensity_prob
+        self.shift_intensity_offset = shift_intensity_offset
+        self.sampling_shape = (self.grid * self.roi_size).long()
+        self.scale = self.sampling_shape / self.region_size  # sampling-grid voxels per region unit
+        self.crop_extent = self.crop_size * self.scale  # random-crop size in sampling-grid voxels
+        self.slice_only = bool((self.crop_extent == self.roi_size).all())
+        self._starts = torch.zeros(self.num_crops, 3, dtype=torch.long)
+
+    @staticmethod
+    def _positive_triple(value: Sequence[int], name: str) -> torch.Tensor:
+        triple = torch.as_tensor(value, dtype=torch.float64).flatten()
+        if triple.numel() != 3 or bool((triple <= 0).any()) or bool((triple != triple.round()).any()):
+            raise ValueError(f"{name} must be 3 positive integers, got {list(triple.tolist())}.")
+        return triple
+
+    def randomize(self, data: Any = None) -> None:
+        """Draw the integer start of every random crop in the sampling grid."""
+        room = torch.floor(self.sampling_shape - self.crop_extent + 1e-9).long()
+        self._starts = torch.from_numpy(
+            np.stack([self.R.randint(0, int(r) + 1, size=self.num_crops) for r in room], axis=1)
+        ).long()
+
+    def random_boxes(self) -> torch.Tensor:
+        """The (k, 3, 2) region-coordinate boxes of the random crops drawn by the last ``randomize``."""
+        starts = self._starts.to(torch.float64) / self.scale
+        return torch.stack((starts, starts + self.crop_size), dim=-1)
+
+    def _to_sampling_grid(self, image: torch.Tensor) -> torch.Tensor:
+        """Resample (C, *spatial) to (C, *sampling_shape), or return it as is when it already has that shape."""
+        shape = tuple(int(s) for s in self.sampling_shape)
+        image = image if image.is_floating_point() else image.float()
+        if tuple(image.shape[1:]) == shape:
+            return image
+        return F.interpolate(image[None], size=shape, mode="trilinear", align_corners=False)[0]
+
+    def _base_crops(self, grid_image: torch.Tensor) -> torch.Tensor:
+        """(C, gx*rx, gy*ry, gz*rz) -> (n, C, rx, ry, rz) by a view of the cells in C order."""
+        c = grid_image.shape[0]
+        gx, gy, gz = (int(g) for g in self.grid)
+        rx, ry, rz = (int(r) for r in self.roi_size)
+        cells = grid_image.reshape(c, gx, rx, gy, ry, gz, rz).permute(1, 3, 5, 0, 2, 4, 6)
+        return cells.reshape(gx * gy * gz, c, rx, ry, rz)
+
+    def _random_crops(self, grid_image: torch.Tensor) -> torch.Tensor:
+        """(C, *sampling_shape) -> (k, C, *roi_size) at the drawn starts."""
+        roi = [int(r) for r in self.roi_size]
+        if self.slice_only:
+            return torch.stack(
+                [grid_image[:, x : x + roi[0], y : y + roi[1], z : z + roi[2]] for x, y, z in self._starts.tolist()]
+            )
+        # general crop size: one trilinear grid_sample over all k boxes (align_corners=False convention)
+        size = self.sampling_shape.to(torch.float64)
+        axes = []
+        for axis in range(3):
+            step = self.crop_extent[axis] / roi[axis]
+            centres = self._starts[:, axis, None].double() + (torch.arange(roi[axis]) + 0.5) * step  # (k, r)
+            axes.append(2.0 * centres / size[axis] - 1.0)
+        cx, cy, cz = axes
+        k = self.num_crops
+        grid = torch.stack(
+            torch.broadcast_tensors(
+                cz[:, None, None, :], cy[:, None, :, None], cx[:, :, None, None]
+            ),  # grid_sample wants (last, middle, first) spatial axis order
+            dim=-1,
+        ).reshape(1, k * roi[0], roi[1], roi[2], 3)
+        sampled = F.grid_sample(
+            grid_image[None], grid.to(grid_image.dtype), mode="bilinear", padding_mode="border", align_corners=False
+        )[0]
+        c = grid_image.shape[0]
+        return sampled.reshape(c, k, *roi).transpose(0, 1)
+
+    def _augment(self, crops: torch.Tensor) -> torch.Tensor:
+        """Independent flips, rot90 and intensity shifts per crop, drawn from ``self.R``. (N, C, *roi)."""
+        if self.flip_prob == 0 and self.rot90_prob == 0 and self.shift_intensity_prob == 0:
+            return crops
+        out = []
+        for crop in crops:
+            flips = [axis + 1 for axis in range(3) if self.R.rand() < self.flip_prob]
+            if flips:
+                crop = torch.flip(crop, dims=flips)
+            if self.R.rand() < self.rot90_prob:
+                crop = torch.rot90(crop, k=int(self.R.randint(1, 4)), dims=(1, 2))
+            if self.R.rand() < self.shift_intensity_prob:
+                crop = crop + float(self.R.uniform(-self.shift_intensity_offset, self.shift_intensity_offset))
+            out.append(crop)
+        return torch.stack(out)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        self.randomize()
+        for key in self.key_iterator(d):
+            value = d[key]
+            image = torch.as_tensor(value.as_tensor() if isinstance(value, MetaTensor) else value)
+            if image.ndim != 4:
+                raise ValueError(
+                    f"VoCoCropd: '{key}'{_source_name(value)} must be a channel-first 3D volume (C, X, Y, Z), "
+                    f"got shape {tuple(image.shape)}."
+                )
+            grid_image = self._to_sampling_grid(image)
+            crops = torch.cat((self._base_crops(grid_image), self._random_crops(grid_image)))
+            d[key] = self._augment(crops.contiguous())
+        boxes = self.random_boxes()
+        d[self.label_key] = position_labels(boxes, self.region_size, self.grid)
+        d[self.box_key] = torch.cat((self.base.to(torch.float64), boxes)).to(torch.float32)
+        return d
