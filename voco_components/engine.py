@@ -14,7 +14,24 @@ from voco_components.losses import OfficialVoCoLoss, VoCoLoss
 from voco_components.networks import VoCoTeacherStudent
 from voco_components.variants import get_variant
 
-__all__ = ["VoCoPrepareBatch", "split_crop_features", "VoCoCriterion", "EMATeacherHandler", "LossTermsHandler"]
+__all__ = [
+    "epochs_for",
+    "VoCoPrepareBatch",
+    "split_crop_features",
+    "VoCoCriterion",
+    "EMATeacherHandler",
+    "LossTermsHandler",
+]
+
+
+def epochs_for(max_steps: int, steps_per_epoch: int) -> int:
+    """Number of Ignite epochs of ``steps_per_epoch`` iterations that make ``max_steps``; they must divide."""
+    if max_steps < 1 or steps_per_epoch < 1 or max_steps % steps_per_epoch:
+        raise ValueError(
+            f"max_steps ({max_steps}) must be a positive multiple of the steps per epoch ({steps_per_epoch}); "
+            "change one of them."
+        )
+    return max_steps // steps_per_epoch
 
 
 def split_crop_features(features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -13,7 +13,15 @@ from monai.utils import CommonKeys
 from voco_components.engine import split_crop_features
 from voco_components.losses import position_logits
 
-__all__ = ["top1_hits", "effective_rank", "PositionTop1Accuracy", "PositionMAE", "BaseEffectiveRank", "chance_top1"]
+__all__ = [
+    "top1_hits",
+    "chance_top1",
+    "effective_rank",
+    "PositionTop1Accuracy",
+    "PositionMAE",
+    "BaseEffectiveRank",
+    "ChanceTop1",
+]
 
 
 def _pred_and_label(output: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -33,8 +41,13 @@ def top1_hits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 def chance_top1(labels: torch.Tensor) -> torch.Tensor:
     """Expected top-1 accuracy of a uniformly random choice of base: mean of (#bases with the largest y) / n."""
+    return _tie_fraction(labels).mean()
+
+
+def _tie_fraction(labels: torch.Tensor) -> torch.Tensor:
+    """(B, k, n) -> (B, k): fraction of the n bases that share the largest label."""
     ties = (labels == labels.amax(dim=-1, keepdim=True)).sum(dim=-1).to(torch.float64)
-    return (ties / labels.shape[-1]).mean()
+    return ties / labels.shape[-1]
 
 
 def effective_rank(features: torch.Tensor) -> torch.Tensor:
@@ -93,3 +106,15 @@ class BaseEffectiveRank(_CropMetric):
         features, labels = output
         _, base = split_crop_features(features, labels)
         self._add(effective_rank(base))
+
+
+class ChanceTop1(_CropMetric):
+    """Top-1 accuracy of a uniformly random choice of base on the same crops (see :func:`chance_top1`)."""
+
+    def update(self, output: tuple[torch.Tensor, torch.Tensor]) -> None:
+        _, labels = output
+        self._add(_tie_fraction(labels))
+
+    def compute_count(self) -> int:
+        """How many random crops the metric has seen."""
+        return self._count

@@ -1,4 +1,4 @@
-"""VoCo networks: an encoder, 3D adaptive average pooling and a projector giving one vector per crop."""
+"""VoCo networks: an encoder with 3D adaptive average pooling, and a projector giving one vector per crop."""
 
 from __future__ import annotations
 
@@ -10,7 +10,12 @@ import torch.nn.functional as F
 from monai.networks.nets import BasicUNet, SwinUNETR
 from torch import nn
 
-__all__ = ["SwinEncoder", "UNetEncoder", "ProjectionHead", "VoCoNet", "VoCoTeacherStudent"]
+__all__ = ["pool_and_concat", "SwinEncoder", "UNetEncoder", "ProjectionHead", "VoCoNet", "VoCoTeacherStudent"]
+
+
+def pool_and_concat(feature_maps: list[torch.Tensor]) -> torch.Tensor:
+    """3D adaptive average pooling of each (N, C_i, D, H, W) map to (N, C_i), concatenated to (N, sum C_i)."""
+    return torch.cat([F.adaptive_avg_pool3d(level, 1).flatten(1) for level in feature_maps], dim=1)
 
 
 class SwinEncoder(nn.Module):
@@ -31,7 +36,8 @@ class SwinEncoder(nn.Module):
             (the author code's 24·feature_size pooled embedding, 1152-d for 48); otherwise return the
             last Swin stage only (16·feature_size channels, the CVPR head).
 
-    Forward: (N, in_channels, D, H, W), each of D, H, W divisible by 32 -> list of feature maps (N, C_i, ...).
+    Forward: (N, in_channels, D, H, W), each of D, H, W divisible by 32 -> pooled embedding (N, out_channels):
+    every returned feature map is 3D-adaptive-average-pooled to one vector and the vectors are concatenated.
     """
 
     def __init__(
@@ -67,7 +73,8 @@ class SwinEncoder(nn.Module):
         else:
             self.out_channels = 16 * feature_size
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """(N, in_channels, D, H, W) -> the feature maps that are pooled: one, or five when ``multiscale``."""
         hidden = self.swinViT(x, self.normalize)
         if not self.multiscale:
             return [hidden[4]]
@@ -79,6 +86,9 @@ class SwinEncoder(nn.Module):
             self.encoder10(hidden[4]),
         ]
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return pool_and_concat(self.feature_maps(x))
+
 
 class UNetEncoder(nn.Module):
     """The contracting path of MONAI's ``BasicUNet`` (``conv_0``, ``down_1..4``), with its parameter names.
@@ -88,7 +98,7 @@ class UNetEncoder(nn.Module):
         features: BasicUNet's six feature counts; the encoder uses the first five.
         multiscale: return all five levels instead of the deepest one.
 
-    Forward: (N, in_channels, D, H, W), each divisible by 16 -> list of feature maps.
+    Forward: (N, in_channels, D, H, W), each divisible by 16 -> pooled embedding (N, out_channels).
     """
 
     def __init__(
@@ -101,11 +111,15 @@ class UNetEncoder(nn.Module):
         self.multiscale = multiscale
         self.out_channels = sum(features[:5]) if multiscale else features[4]
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """(N, in_channels, D, H, W) -> the deepest level, or all five when ``multiscale``."""
         levels = [self.conv_0(x)]
         for down in (self.down_1, self.down_2, self.down_3, self.down_4):
             levels.append(down(levels[-1]))
         return levels if self.multiscale else levels[-1:]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return pool_and_concat(self.feature_maps(x))
 
 
 class ProjectionHead(nn.Module):
@@ -131,11 +145,14 @@ class ProjectionHead(nn.Module):
 
 
 class VoCoNet(nn.Module):
-    """Encoder -> 3D adaptive average pooling (per returned level, concatenated) -> projector.
+    """Encoder with pooling -> projector: one projected vector per crop.
+
+    The encoder is kept as the ``encoder`` attribute so that it can be exported on its own
+    (``net.encoder.state_dict()`` has ``SwinUNETR``'s key names for :class:`SwinEncoder`).
 
     Args:
-        encoder: a module returning a list of feature maps and exposing ``out_channels`` (the summed
-            channels of those maps), e.g. :class:`SwinEncoder` or :class:`UNetEncoder`.
+        encoder: a module mapping crops to pooled embeddings (N, out_channels) and exposing
+            ``out_channels``, e.g. :class:`SwinEncoder` or :class:`UNetEncoder`.
         hidden_dim: projector hidden width.
         out_dim: projected feature size C (2048 in the paper).
 
@@ -147,12 +164,8 @@ class VoCoNet(nn.Module):
         self.encoder = encoder
         self.projector = ProjectionHead(int(encoder.out_channels), hidden_dim, out_dim)
 
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, C_in, D, H, W) -> pooled encoder embedding (N, encoder.out_channels)."""
-        return torch.cat([F.adaptive_avg_pool3d(level, 1).flatten(1) for level in self.encoder(x)], dim=1)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.projector(self.embed(x))
+        return self.projector(self.encoder(x))
 
 
 class VoCoTeacherStudent(nn.Module):

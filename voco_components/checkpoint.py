@@ -1,0 +1,305 @@
+"""Atomic, resumable training checkpoints for Ignite engines."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+
+__all__ = [
+    "atomic_save",
+    "atomic_save_text",
+    "RNGState",
+    "checkpoint_steps",
+    "latest_checkpoint",
+    "StepCheckpointSaver",
+    "ResumeHandler",
+    "BestMetricSaver",
+]
+
+logger = logging.getLogger(__name__)
+_STEP_FILE = re.compile(r"^checkpoint_(\d+)\.pt$")
+
+
+class _Stateful(Protocol):
+    def state_dict(self) -> Any: ...
+
+    def load_state_dict(self, state: Any) -> Any: ...
+
+
+def _is_main_process() -> bool:
+    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or (
+        torch.distributed.get_rank() == 0
+    )
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to a temporary file in the same folder, flushed to disk, then renamed over ``path``.
+
+    A process killed at any moment leaves either the old file or the new one, never a partial file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_save_text(text: str, path: str | Path) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename, like :func:`atomic_save`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class RNGState:
+    """The Python, NumPy and torch (CPU and CUDA) random states as a ``state_dict`` of plain tensors,
+    so that it loads with ``torch.load(weights_only=True)``."""
+
+    def state_dict(self) -> dict[str, Any]:
+        version, mt_state, gauss = random.getstate()
+        np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+        state = {
+            "python_version": version,
+            "python_state": torch.tensor(mt_state, dtype=torch.int64),
+            "python_gauss": gauss,
+            "numpy_name": np_name,
+            "numpy_keys": torch.from_numpy(np.asarray(np_keys, dtype=np.int64)),
+            "numpy_pos": int(np_pos),
+            "numpy_has_gauss": int(np_has_gauss),
+            "numpy_gauss": float(np_gauss),
+            "torch": torch.get_rng_state(),
+        }
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        random.setstate((state["python_version"], tuple(state["python_state"].tolist()), state["python_gauss"]))
+        np.random.set_state(
+            (
+                state["numpy_name"],
+                state["numpy_keys"].numpy().astype(np.uint32),
+                state["numpy_pos"],
+                state["numpy_has_gauss"],
+                state["numpy_gauss"],
+            )
+        )
+        torch.set_rng_state(state["torch"])
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def checkpoint_steps(save_dir: str | Path) -> list[int]:
+    """Steps of the ``checkpoint_<step>.pt`` files in ``save_dir``, ascending."""
+    folder = Path(save_dir)
+    if not folder.is_dir():
+        return []
+    return sorted(int(m.group(1)) for p in folder.iterdir() if (m := _STEP_FILE.match(p.name)))
+
+
+def latest_checkpoint(save_dir: str | Path) -> Path | None:
+    """The ``checkpoint_<step>.pt`` with the highest step in ``save_dir``, or None."""
+    steps = checkpoint_steps(save_dir)
+    return Path(save_dir) / f"checkpoint_{steps[-1]}.pt" if steps else None
+
+
+def _unwrap(obj: Any) -> Any:
+    return obj.module if isinstance(obj, torch.nn.parallel.DistributedDataParallel) else obj
+
+
+def _with_engine(objects: dict[str, Any], engine: Engine, engine_key: str | None) -> dict[str, Any]:
+    """``objects`` plus the engine itself and, under AMP, its gradient scaler."""
+    objects = dict(objects)
+    if engine_key is not None:
+        objects[engine_key] = engine
+        scaler = getattr(engine, "scaler", None)
+        if scaler is not None:
+            objects[f"{engine_key}_scaler"] = scaler
+    return objects
+
+
+class StepCheckpointSaver:
+    """Save the full training state every ``interval`` iterations and when training completes.
+
+    Files are ``<save_dir>/checkpoint_<step>.pt``, each ``{name: obj.state_dict()}`` for ``save_dict``
+    (network, optimizer, scheduler, RNG, ...) plus the engine it is attached to under ``engine_key``
+    (and its AMP gradient scaler), written with :func:`atomic_save` by rank 0;
+    the ``n_saved`` newest are kept. With ``save_initial``, the network's state before the first
+    iteration also goes to ``<save_dir>/checkpoint_init.pt`` (``{"network": state}``), for comparing
+    the trained model with its own initialisation.
+
+    Args:
+        save_dir: folder of the checkpoints.
+        save_dict: objects with ``state_dict()``; DDP modules are unwrapped.
+        interval: iterations between checkpoints.
+        n_saved: how many step checkpoints to keep.
+        save_initial: write ``checkpoint_init.pt`` when a run starts at iteration 0.
+        network_key: the entry of ``save_dict`` that ``checkpoint_init.pt`` takes.
+        engine_key: name under which the attached engine's state is saved; None to leave it out.
+    """
+
+    def __init__(
+        self,
+        save_dir: str | Path,
+        save_dict: dict[str, _Stateful],
+        interval: int,
+        n_saved: int = 2,
+        save_initial: bool = True,
+        network_key: str = "network",
+        engine_key: str | None = "trainer",
+    ) -> None:
+        if interval < 1 or n_saved < 1:
+            raise ValueError(f"interval and n_saved must be at least 1, got {interval} and {n_saved}.")
+        if save_initial and network_key not in save_dict:
+            raise ValueError(f"save_initial needs a '{network_key}' entry in save_dict (got {sorted(save_dict)}).")
+        self.save_dir = Path(save_dir)
+        self.save_dict = save_dict
+        self.interval = interval
+        self.n_saved = n_saved
+        self.save_initial = save_initial
+        self.network_key = network_key
+        self.engine_key = engine_key
+
+    def attach(self, engine: Engine) -> None:
+        self.save_dict = _with_engine(self.save_dict, engine, self.engine_key)
+        engine.add_event_handler(Events.STARTED, self._save_initial)
+        engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.interval), self.save)
+        engine.add_event_handler(Events.COMPLETED, self.save)
+
+    def _save_initial(self, engine: Engine) -> None:
+        if self.save_initial and engine.state.iteration == 0 and _is_main_process():
+            state = _unwrap(self.save_dict[self.network_key]).state_dict()
+            atomic_save({self.network_key: state}, self.save_dir / "checkpoint_init.pt")
+
+    def save(self, engine: Engine) -> None:
+        if not _is_main_process():
+            return
+        step = engine.state.iteration
+        state = {name: _unwrap(obj).state_dict() for name, obj in self.save_dict.items()}
+        atomic_save(state, self.save_dir / f"checkpoint_{step}.pt")
+        for old in checkpoint_steps(self.save_dir)[: -self.n_saved]:
+            (self.save_dir / f"checkpoint_{old}.pt").unlink(missing_ok=True)
+        logger.info(f"saved checkpoint at step {step} to {self.save_dir}")
+
+
+class ResumeHandler:
+    """Resume a killed run from the newest ``checkpoint_<step>.pt`` when the engine starts.
+
+    Restores every object of ``load_dict`` and the attached engine (saved under ``engine_key``: its
+    iteration counter, so training continues at the next step), then tells ``sampler`` (if given)
+    where the data stream continues.
+    Attach it before the other handlers. With ``enabled`` False, or no checkpoint found, it only
+    positions the sampler at the engine's current iteration.
+
+    Args:
+        save_dir: folder of the checkpoints.
+        load_dict: the objects to restore, by the names used when saving.
+        enabled: resume at all (the bundles' ``resume`` switch).
+        sampler: an object with ``set_start_step(step)``, e.g.
+            :class:`voco_components.datasets.ResumableDistributedSampler`.
+        map_location: passed to ``torch.load``.
+        engine_key: name under which the engine's state was saved; None to leave it out.
+    """
+
+    def __init__(
+        self,
+        save_dir: str | Path,
+        load_dict: dict[str, _Stateful],
+        enabled: bool = True,
+        sampler: Any = None,
+        map_location: str | torch.device = "cpu",
+        engine_key: str | None = "trainer",
+    ) -> None:
+        self.save_dir = Path(save_dir)
+        self.load_dict = load_dict
+        self.enabled = enabled
+        self.sampler = sampler
+        self.map_location = map_location
+        self.engine_key = engine_key
+
+    def attach(self, engine: Engine) -> None:
+        self.load_dict = _with_engine(self.load_dict, engine, self.engine_key)
+        engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        path = latest_checkpoint(self.save_dir) if self.enabled else None
+        if self.enabled and path is None:
+            logger.warning(f"resume requested but {self.save_dir} holds no checkpoint_<step>.pt: starting afresh.")
+        if path is not None:
+            state = torch.load(path, map_location=self.map_location, weights_only=True)
+            missing = sorted(set(self.load_dict) - set(state))
+            if missing:
+                raise KeyError(f"{path}: checkpoint lacks {missing} (has {sorted(state)}).")
+            max_epochs = engine.state.max_epochs
+            for name, obj in self.load_dict.items():
+                _unwrap(obj).load_state_dict(state[name])
+            engine.state.max_epochs = max_epochs  # a resumed run may be extended by raising max_steps
+            logger.info(f"resumed from {path} at step {engine.state.iteration}")
+        if self.sampler is not None:
+            self.sampler.set_start_step(engine.state.iteration)
+
+
+class BestMetricSaver:
+    """Keep the network with the best held-out key metric: attach to the evaluator.
+
+    After each evaluation whose ``metric_name`` beats the best so far, ``{"network": state}`` goes
+    atomically to ``<save_dir>/checkpoint_best.pt`` and the score with the evaluation epoch to
+    ``checkpoint_best.json``. An existing ``checkpoint_best.json`` (from a resumed run) sets the
+    score to beat.
+
+    Args:
+        save_dir: folder of the checkpoint.
+        network: the module to save (DDP unwrapped).
+        metric_name: key of ``evaluator.state.metrics``; higher is better.
+    """
+
+    def __init__(self, save_dir: str | Path, network: torch.nn.Module, metric_name: str) -> None:
+        self.save_dir = Path(save_dir)
+        self.network = network
+        self.metric_name = metric_name
+
+    def _best_so_far(self) -> float:
+        record = self.save_dir / "checkpoint_best.json"
+        return float(json.loads(record.read_text())["score"]) if record.is_file() else -math.inf
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        if not _is_main_process():
+            return
+        score = float(engine.state.metrics[self.metric_name])
+        if score <= self._best_so_far():
+            return
+        atomic_save({"network": _unwrap(self.network).state_dict()}, self.save_dir / "checkpoint_best.pt")
+        record = {"metric": self.metric_name, "score": score, "epoch": engine.state.epoch}
+        atomic_save_text(json.dumps(record, indent=4) + "\n", self.save_dir / "checkpoint_best.json")
