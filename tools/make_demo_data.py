@@ -24,8 +24,14 @@ CASES = ("lung1", "lung2")
 
 def _save(volume: MetaTensor, path: Path) -> None:
     volume = MetaTensor(volume.as_tensor().round().to(torch.int16), affine=volume.affine)
-    writer = SaveImage(output_dir=str(path.parent), output_postfix="", separate_folder=False, output_dtype=np.int16,
-                       resample=False, print_log=False)
+    writer = SaveImage(
+        output_dir=str(path.parent),
+        output_postfix="",
+        separate_folder=False,
+        output_dtype=np.int16,
+        resample=False,
+        print_log=False,
+    )
     volume.meta["filename_or_obj"] = path.name.replace(".nii.gz", "")
     writer(volume)
 
@@ -34,16 +40,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--source", type=Path, required=True, help="folder with lung{1,2}_{image,label}.nrrd")
     args = parser.parse_args()
-    load = Compose([
-        LoadImaged(keys=("image", "label"), reader="ITKReader"),
-        EnsureChannelFirstd(keys=("image", "label")),
-        Orientationd(keys=("image", "label"), axcodes="RAS"),
-        Spacingd(keys=("image", "label"), pixdim=(1.5, 1.5, 0.0), mode=("bilinear", "nearest")),
-    ])
+    load = Compose(
+        [
+            LoadImaged(keys=("image", "label"), reader="ITKReader"),
+            EnsureChannelFirstd(keys=("image", "label")),
+            Orientationd(keys=("image", "label"), axcodes="RAS"),
+            Spacingd(keys=("image", "label"), pixdim=(1.5, 1.5, 0.0), mode=("bilinear", "nearest")),
+        ]
+    )
     DEST.mkdir(parents=True, exist_ok=True)
     digests = {}
     for case in CASES:
-        data = load({"image": str(args.source / f"{case}_image.nrrd"), "label": str(args.source / f"{case}_label.nrrd")})
+        sources = {key: str(args.source / f"{case}_{key}.nrrd") for key in ("image", "label")}
+        data = load(sources)
         for key in ("image", "label"):
             target = DEST / f"{case}_{key}.nii.gz"
             _save(data[key][0:1], target)

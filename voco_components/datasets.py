@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 from monai.data import Dataset, PersistentDataset
+from monai.data.utils import pickle_hashing
 from monai.transforms import Randomizable, apply_transform
 from torch.utils.data import DistributedSampler
 
@@ -39,7 +40,8 @@ class VoCoStepDataset(Dataset):
 
     Volumes are visited in passes: pass ``e = i // len(data)`` uses the permutation drawn from
     ``(seed, e)`` (or the datalist order when ``shuffle`` is False). The deterministic preprocessing
-    runs once per volume and is cached on disk when ``cache_dir`` is given (``PersistentDataset``);
+    runs once per volume and is cached on disk when ``cache_dir`` is given (``PersistentDataset``, keyed
+    by the entry and by a hash of the transforms, so a changed spacing or region never reuses a stale cache);
     the random transform (VoCo crops and augmentation) is reseeded from ``(seed, i)`` for every
     sample. A run resumed at step ``s`` therefore sees exactly the samples an uninterrupted run would,
     whatever the number of workers.
@@ -73,7 +75,7 @@ class VoCoStepDataset(Dataset):
             raise ValueError(f"on_bad_volume must be one of {ON_BAD_VOLUME}, got {on_bad_volume!r}.")
         super().__init__(data=data, transform=transform)
         self.volumes = (
-            PersistentDataset(data=data, transform=transform, cache_dir=cache_dir)
+            PersistentDataset(data=data, transform=transform, cache_dir=cache_dir, hash_transform=pickle_hashing)
             if cache_dir is not None
             else Dataset(data=data, transform=transform)
         )

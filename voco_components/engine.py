@@ -95,7 +95,7 @@ class VoCoCriterion(nn.Module):
     Args:
         variant: ``paper`` (output (B*(n+k), C), :class:`VoCoLoss`) or ``official`` (output (2, B*(n+k), C)
             from :class:`VoCoTeacherStudent`, :class:`OfficialVoCoLoss`).
-        lambda_reg: regulariser weight of the paper variant.
+        lambda_reg: regulariser weight of the paper variant (the official variant takes none).
 
     ``terms`` holds the detached loss terms of the last call.
     """
@@ -103,6 +103,8 @@ class VoCoCriterion(nn.Module):
     def __init__(self, variant: str = "paper", lambda_reg: float = 1.0) -> None:
         super().__init__()
         self.variant = get_variant(variant)
+        if self.variant.uses_teacher and lambda_reg != 1.0:
+            raise ValueError(f"the official variant weighs its terms 1:1:1 and has no lambda_reg (got {lambda_reg}).")
         self.loss = OfficialVoCoLoss() if self.variant.uses_teacher else VoCoLoss(lambda_reg=lambda_reg)
 
     @property
@@ -152,7 +154,10 @@ class EMATeacherHandler:
 
 class LossTermsHandler:
     """Ignite handler: copy the criterion's loss terms into ``engine.state.output`` as ``loss_<term>`` floats,
-    so that ``StatsHandler`` and ``TensorBoardStatsHandler`` log them beside ``loss``."""
+    so that ``StatsHandler`` and ``TensorBoardStatsHandler`` log them beside ``loss``.
+
+    Works with ``decollate=False`` (one output dict) and with MONAI's default decollated list of dicts.
+    """
 
     def __init__(self, criterion: VoCoCriterion | VoCoLoss | OfficialVoCoLoss) -> None:
         self.criterion = criterion
@@ -162,6 +167,7 @@ class LossTermsHandler:
 
     def __call__(self, engine: Engine) -> None:
         output = engine.state.output
-        if isinstance(output, dict):
-            for name, value in self.criterion.terms.items():
-                output[f"loss_{name}"] = float(value)
+        outputs = [output] if isinstance(output, dict) else [o for o in output if isinstance(o, dict)]
+        terms = {f"loss_{name}": float(value) for name, value in self.criterion.terms.items()}
+        for out in outputs:
+            out.update(terms)

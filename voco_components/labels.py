@@ -29,8 +29,10 @@ def base_boxes(region_size: Sequence[int], grid: Sequence[int]) -> torch.Tensor:
         int64 tensor (n, 3, 2), n = prod(grid), cells in C order over (gx, gy, gz):
         index = (ix * gy + iy) * gz + iz.
     """
-    region = _as_triple(region_size, "region_size").long()
-    cells = _as_triple(grid, "grid").long()
+    region_f, cells_f = _as_triple(region_size, "region_size"), _as_triple(grid, "grid")
+    if bool((region_f != region_f.round()).any()) or bool((cells_f != cells_f.round()).any()):
+        raise ValueError(f"region_size {region_f.tolist()} and grid {cells_f.tolist()} must hold whole numbers.")
+    region, cells = region_f.long(), cells_f.long()
     if bool((region % cells != 0).any()):
         raise ValueError(
             f"region_size {region.tolist()} is not divisible by grid {cells.tolist()}: base cells must be equal."

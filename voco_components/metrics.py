@@ -21,15 +21,22 @@ __all__ = [
     "PositionMAE",
     "BaseEffectiveRank",
     "ChanceTop1",
+    "RandomCropCount",
 ]
 
 
 def _pred_and_label(output: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """Evaluator output -> (features (B*(n+k), C), labels (B, k, n)); accepts a dict or a list of dicts."""
+    """Evaluator output -> (features (B*(n+k), C), labels (B, k, n)).
+
+    Accepts one dict (``decollate=False``) or MONAI's decollated list of dicts, in which the B*(n+k)
+    feature rows and the B label blocks are split item by item and the shorter list is padded with None.
+    """
     if isinstance(output, dict):
         return output[CommonKeys.PRED], output[CommonKeys.LABEL]
     if isinstance(output, (list, tuple)) and output and isinstance(output[0], dict):
-        return torch.stack([o[CommonKeys.PRED] for o in output]), torch.stack([o[CommonKeys.LABEL] for o in output])
+        preds = [o[CommonKeys.PRED] for o in output if o.get(CommonKeys.PRED) is not None]
+        labels = [o[CommonKeys.LABEL] for o in output if o.get(CommonKeys.LABEL) is not None]
+        return torch.stack(preds), torch.stack(labels)
     return output[0], output[1]
 
 
@@ -115,6 +122,18 @@ class ChanceTop1(_CropMetric):
         _, labels = output
         self._add(_tie_fraction(labels))
 
-    def compute_count(self) -> int:
-        """How many random crops the metric has seen."""
+
+class RandomCropCount(Metric):
+    """How many random crops an evaluation saw."""
+
+    def __init__(self, output_transform: Callable = _pred_and_label, device: str | torch.device = "cpu") -> None:
+        super().__init__(output_transform=output_transform, device=device)
+
+    def reset(self) -> None:
+        self._count = 0
+
+    def update(self, output: tuple[torch.Tensor, torch.Tensor]) -> None:
+        self._count += output[1].shape[0] * output[1].shape[1]
+
+    def compute(self) -> int:
         return self._count

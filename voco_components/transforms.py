@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, Randomizable
+from monai.utils import convert_to_tensor
 
 from voco_components.labels import base_boxes, position_labels
 
@@ -38,7 +39,7 @@ class VoCoCropd(Randomizable, MapTransform):
     default) lie fully inside the region, at integer positions of the sampling grid. When a random crop
     does not map to exactly ``roi_size`` sampling-grid voxels it is resampled trilinearly to ``roi_size``.
 
-    Writes, for every key in ``keys`` (all cropped with the same boxes):
+    Writes, for every key in ``keys`` (all cropped at the same boxes with the same augmentation):
 
     - ``key``: float tensor (n + k, C, *roi_size), the n base crops first (C order over the grid, see
       :func:`voco_components.labels.base_boxes`), then the k random crops;
@@ -102,6 +103,8 @@ class VoCoCropd(Randomizable, MapTransform):
         ):
             if not 0.0 <= prob <= 1.0:
                 raise ValueError(f"{name} must lie in [0, 1], got {prob}.")
+        if shift_intensity_offset < 0:
+            raise ValueError(f"shift_intensity_offset must be non-negative, got {shift_intensity_offset}.")
         if rot90_prob > 0 and self.roi_size[0] != self.roi_size[1]:
             raise ValueError(f"rot90 needs equal roi_size on the first two axes, got {self.roi_size.tolist()}.")
         self.num_crops = int(num_crops)
@@ -114,7 +117,7 @@ class VoCoCropd(Randomizable, MapTransform):
         self.sampling_shape = (self.grid * self.roi_size).long()
         self.scale = self.sampling_shape / self.region_size  # sampling-grid voxels per region unit
         self.crop_extent = self.crop_size * self.scale  # random-crop size in sampling-grid voxels
-        self.slice_only = bool((self.crop_extent == self.roi_size).all())
+        self.slice_only = bool(torch.isclose(self.crop_extent, self.roi_size, rtol=0.0, atol=1e-6).all())
         self._starts = torch.zeros(self.num_crops, 3, dtype=torch.long)
 
     @staticmethod
@@ -180,28 +183,38 @@ class VoCoCropd(Randomizable, MapTransform):
         c = grid_image.shape[0]
         return sampled.reshape(c, k, *roi).transpose(0, 1)
 
-    def _augment(self, crops: torch.Tensor) -> torch.Tensor:
-        """Independent flips, rot90 and intensity shifts per crop, drawn from ``self.R``. (N, C, *roi)."""
-        if self.flip_prob == 0 and self.rot90_prob == 0 and self.shift_intensity_prob == 0:
-            return crops
-        out = []
-        for crop in crops:
+    def _draw_augmentation(self, num: int) -> list[tuple[list[int], int, float]]:
+        """Per crop: the axes to flip, the number of 90-degree turns and the intensity offset, from ``self.R``."""
+        plan = []
+        for _ in range(num):
             flips = [axis + 1 for axis in range(3) if self.R.rand() < self.flip_prob]
+            turns = int(self.R.randint(1, 4)) if self.R.rand() < self.rot90_prob else 0
+            shift = 0.0
+            if self.R.rand() < self.shift_intensity_prob:
+                shift = float(self.R.uniform(-self.shift_intensity_offset, self.shift_intensity_offset))
+            plan.append((flips, turns, shift))
+        return plan
+
+    @staticmethod
+    def _augment(crops: torch.Tensor, plan: list[tuple[list[int], int, float]]) -> torch.Tensor:
+        """Apply one drawn plan to (N, C, *roi) crops, the same for every key."""
+        out = []
+        for crop, (flips, turns, shift) in zip(crops, plan, strict=True):
             if flips:
                 crop = torch.flip(crop, dims=flips)
-            if self.R.rand() < self.rot90_prob:
-                crop = torch.rot90(crop, k=int(self.R.randint(1, 4)), dims=(1, 2))
-            if self.R.rand() < self.shift_intensity_prob:
-                crop = crop + float(self.R.uniform(-self.shift_intensity_offset, self.shift_intensity_offset))
-            out.append(crop)
+            if turns:
+                crop = torch.rot90(crop, k=turns, dims=(1, 2))
+            out.append(crop + shift if shift else crop)
         return torch.stack(out)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         self.randomize()
+        augmenting = self.flip_prob > 0 or self.rot90_prob > 0 or self.shift_intensity_prob > 0
+        plan = self._draw_augmentation(len(self.base) + self.num_crops) if augmenting else None
         for key in self.key_iterator(d):
             value = d[key]
-            image = torch.as_tensor(value.as_tensor() if isinstance(value, MetaTensor) else value)
+            image = convert_to_tensor(value.as_tensor() if isinstance(value, MetaTensor) else value, track_meta=False)
             if image.ndim != 4:
                 raise ValueError(
                     f"VoCoCropd: '{key}'{_source_name(value)} must be a channel-first 3D volume (C, X, Y, Z), "
@@ -209,7 +222,8 @@ class VoCoCropd(Randomizable, MapTransform):
                 )
             grid_image = self._to_sampling_grid(image)
             crops = torch.cat((self._base_crops(grid_image), self._random_crops(grid_image)))
-            d[key] = self._augment(crops.contiguous())
+            crops = crops.contiguous()
+            d[key] = self._augment(crops, plan) if plan is not None else crops
         boxes = self.random_boxes()
         d[self.label_key] = position_labels(boxes, self.region_size, self.grid)
         d[self.box_key] = torch.cat((self.base.to(torch.float64), boxes)).to(torch.float32)

@@ -1,0 +1,274 @@
+"""Tests of voco_components.networks: checkpoint compatibility with MONAI's SwinUNETR / BasicUNet, pooled
+embeddings, the projector and the EMA student/teacher pair."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from monai.networks.nets import BasicUNet, SwinUNETR
+from torch import nn
+
+from voco_components.networks import ProjectionHead, SwinEncoder, UNetEncoder, VoCoNet, VoCoTeacherStudent
+
+FS = 12  # tiny Swin: feature_size 12, window 4
+UNET_FEATURES = (4, 4, 8, 8, 16, 4)
+
+
+def _randn(*shape: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def _check_loads(encoder: nn.Module, full: nn.Module) -> list[str]:
+    """Load encoder weights into ``full``; check no unexpected key and equal shapes; return the missing keys."""
+    enc_state, full_state = encoder.state_dict(), full.state_dict()
+    for key, value in enc_state.items():
+        assert key in full_state, key
+        assert full_state[key].shape == value.shape, key
+    result = full.load_state_dict(enc_state, strict=False)
+    assert result.unexpected_keys == []
+    for key, value in enc_state.items():  # the weights really arrived
+        assert torch.equal(full.state_dict()[key], value), key
+    return list(result.missing_keys)
+
+
+@pytest.fixture(scope="module")
+def swin_pair():
+    torch.manual_seed(0)
+    encoder = SwinEncoder(feature_size=FS, window_size=4).eval()
+    torch.manual_seed(1)
+    full = SwinUNETR(in_channels=1, out_channels=14, feature_size=FS, window_size=4).eval()
+    return encoder, full
+
+
+@pytest.fixture(scope="module")
+def multiscale_pair():
+    torch.manual_seed(2)
+    encoder = SwinEncoder(feature_size=FS, window_size=4, multiscale=True).eval()
+    torch.manual_seed(3)
+    full = SwinUNETR(in_channels=1, out_channels=14, feature_size=FS, window_size=4).eval()
+    return encoder, full
+
+
+def test_swin_encoder_state_dict_loads_into_swinunetr(swin_pair):
+    encoder, full = swin_pair
+    x = _randn(1, 1, 32, 32, 32, seed=4)
+    with torch.no_grad():
+        before = full.swinViT(x, full.normalize)
+    missing = _check_loads(encoder, full)
+    # only SwinUNETR's convolutional encoders/decoders and head are not in the last-stage encoder
+    assert missing and all(k.split(".")[0] not in {"swinViT"} for k in missing)
+    assert all(k.startswith("swinViT.") for k in encoder.state_dict())
+    with torch.no_grad():
+        mine = encoder.swinViT(x, encoder.normalize)
+        theirs = full.swinViT(x, full.normalize)
+        out = encoder.feature_maps(x)
+        pooled = encoder(x)
+    assert not torch.allclose(before[4], theirs[4])  # the load changed SwinUNETR (different random init)
+    assert len(mine) == len(theirs) == 5
+    for a, b in zip(mine, theirs, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert len(out) == 1
+    torch.testing.assert_close(out[0], theirs[4], rtol=0, atol=0)
+    assert out[0].shape == (1, 16 * FS, 1, 1, 1)
+    torch.testing.assert_close(pooled, theirs[4].flatten(1))
+
+
+def test_multiscale_state_dict_loads_into_swinunetr(multiscale_pair):
+    encoder, full = multiscale_pair
+    missing = _check_loads(encoder, full)
+    prefixes = {k.split(".")[0] for k in encoder.state_dict()}
+    assert prefixes == {"swinViT", "encoder1", "encoder2", "encoder3", "encoder4", "encoder10"}
+    assert all(k.split(".")[0].startswith(("decoder", "out")) for k in missing), missing
+    x = _randn(1, 1, 32, 32, 32, seed=5)
+    with torch.no_grad():
+        for a, b in zip(encoder.swinViT(x, encoder.normalize), full.swinViT(x, full.normalize), strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_multiscale_levels_and_embedding_match_swinunetr_blocks(multiscale_pair):
+    """At 64x64x32 (instance norm needs more than one voxel on the deepest level): the five levels equal
+    SwinUNETR's encoder1/2/3/4/10 on hidden states 0, 1, 2 and 4, and the encoder's pooled embedding is their
+    concatenated spatial means (24 * feature_size)."""
+    encoder, full = multiscale_pair
+    _check_loads(encoder, full)
+    x = _randn(1, 1, 64, 64, 32, seed=6)  # deepest level 2x2x1
+    with torch.no_grad():
+        hidden = full.swinViT(x, full.normalize)
+        ref_levels = [
+            full.encoder1(x),
+            full.encoder2(hidden[0]),
+            full.encoder3(hidden[1]),
+            full.encoder4(hidden[2]),
+            full.encoder10(hidden[4]),
+        ]
+        levels = encoder.feature_maps(x)
+        embedding = encoder(x)
+    assert len(levels) == 5
+    for a, b in zip(levels, ref_levels, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert [lvl.shape[1] for lvl in ref_levels] == [FS, FS, 2 * FS, 4 * FS, 16 * FS]
+    ref_embedding = torch.cat([lvl.mean(dim=(2, 3, 4)) for lvl in ref_levels], dim=1)
+    assert embedding.shape == (1, 24 * FS) == (1, encoder.out_channels)
+    torch.testing.assert_close(embedding, ref_embedding, rtol=1e-5, atol=1e-6)
+
+
+def test_last_stage_embedding_is_pooled_last_hidden_state(swin_pair):
+    encoder, _ = swin_pair
+    x = _randn(1, 1, 64, 32, 32, seed=7)  # 2x1x1 deepest map, so the pooling really averages
+    with torch.no_grad():
+        last = encoder.swinViT(x, encoder.normalize)[4]
+        maps = encoder.feature_maps(x)
+        embedding = encoder(x)
+    assert last.shape == (1, 16 * FS, 2, 1, 1)
+    torch.testing.assert_close(maps[0], last, rtol=0, atol=0)
+    manual = torch.stack([(last[0, c, 0, 0, 0] + last[0, c, 1, 0, 0]) / 2 for c in range(last.shape[1])])[None]
+    assert embedding.shape == (1, 16 * FS) == (1, encoder.out_channels)
+    torch.testing.assert_close(embedding, manual, rtol=1e-5, atol=1e-6)
+
+
+def test_voconet_output_shape_and_projector(swin_pair):
+    encoder, _ = swin_pair
+    net = VoCoNet(encoder, hidden_dim=32, out_dim=24).train()
+    x = _randn(3, 1, 32, 32, 32, seed=8)
+    out = net(x)
+    assert out.shape == (3, 24)
+    with torch.no_grad():
+        manual = net.projector(net.encoder(x))
+    torch.testing.assert_close(out.detach(), manual)
+    net.eval()
+
+
+def test_swin_v2_and_checkpoint_construct_and_run():
+    options = {"use_v2": True, "use_checkpoint": True}
+    torch.manual_seed(0)
+    encoder = SwinEncoder(feature_size=FS, window_size=4, **options).train()
+    assert encoder.swinViT.use_v2 and encoder.swinViT.layers1[0].blocks[0].use_checkpoint
+    assert any(".layers1c." in k for k in encoder.state_dict())  # the v2 residual blocks are there
+    x = _randn(1, 1, 32, 32, 32, seed=9)
+    out = encoder(x)
+    assert out.shape == (1, 16 * FS)
+    out.square().sum().backward()
+    grads = [p.grad for p in encoder.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert encoder.swinViT.patch_embed.proj.weight.grad.abs().sum() > 0
+    full = SwinUNETR(in_channels=1, out_channels=14, feature_size=FS, window_size=4, **options)
+    _check_loads(encoder, full)
+
+
+def test_unet_encoder_loads_into_basicunet():
+    torch.manual_seed(0)
+    for multiscale in (False, True):
+        encoder = UNetEncoder(features=UNET_FEATURES, multiscale=multiscale).eval()
+        torch.manual_seed(1)
+        full = BasicUNet(spatial_dims=3, in_channels=1, out_channels=2, features=UNET_FEATURES).eval()
+        missing = _check_loads(encoder, full)
+        assert all(k.split(".")[0] in {"upcat_4", "upcat_3", "upcat_2", "upcat_1", "final_conv"} for k in missing)
+        x = _randn(1, 1, 32, 32, 32, seed=10)
+        with torch.no_grad():
+            levels = encoder.feature_maps(x)
+            ref = [full.conv_0(x)]
+            for down in (full.down_1, full.down_2, full.down_3, full.down_4):
+                ref.append(down(ref[-1]))
+        expected = ref if multiscale else ref[-1:]
+        assert len(levels) == len(expected)
+        for a, b in zip(levels, expected, strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+        assert encoder.out_channels == (sum(UNET_FEATURES[:5]) if multiscale else UNET_FEATURES[4])
+        with torch.no_grad():
+            embed = encoder(x)
+        assert embed.shape == (1, encoder.out_channels)
+        torch.testing.assert_close(embed, torch.cat([lvl.mean(dim=(2, 3, 4)) for lvl in expected], dim=1))
+
+
+def test_projection_head_structure():
+    head = ProjectionHead(in_dim=10, hidden_dim=7, out_dim=5)
+    layers = list(head.layers)
+    assert [type(m) for m in layers] == [
+        nn.Linear,
+        nn.BatchNorm1d,
+        nn.ReLU,
+        nn.Linear,
+        nn.BatchNorm1d,
+        nn.ReLU,
+        nn.Linear,
+    ]
+    assert (layers[0].in_features, layers[0].out_features) == (10, 7)
+    assert layers[1].num_features == 7 and layers[4].num_features == 7
+    assert (layers[3].in_features, layers[3].out_features) == (7, 7)
+    assert (layers[6].in_features, layers[6].out_features) == (7, 5)
+    # batch statistics over all rows of the step (train mode): manual forward
+    x = _randn(6, 10, seed=11)
+    head.train()
+    h = x
+    for lin, bn in ((layers[0], layers[1]), (layers[3], layers[4])):
+        h = lin(h)
+        h = (h - h.mean(0)) / torch.sqrt(h.var(0, unbiased=False) + bn.eps) * bn.weight + bn.bias
+        h = torch.relu(h)
+    manual = layers[6](h)
+    torch.testing.assert_close(head(x), manual, rtol=1e-5, atol=1e-5)
+
+
+def _tiny_unet_net(seed: int = 0) -> VoCoNet:
+    torch.manual_seed(seed)
+    return VoCoNet(UNetEncoder(features=UNET_FEATURES), hidden_dim=8, out_dim=6)
+
+
+def test_teacher_student_output_and_frozen_teacher():
+    pair = VoCoTeacherStudent(_tiny_unet_net()).train()
+    for s, t in zip(pair.student.state_dict().values(), pair.teacher.state_dict().values(), strict=True):
+        assert torch.equal(s, t)  # the teacher starts as a copy
+    assert all(not p.requires_grad for p in pair.teacher.parameters())
+    assert all(p.requires_grad for p in pair.student.parameters())
+    x = _randn(4, 1, 32, 32, 32, seed=12)
+    out = pair(x)
+    assert out.shape == (2, 4, 6)
+    assert pair.teacher.training  # follows the student's mode
+    # perturb the teacher; the second slice must then be the teacher's own forward
+    with torch.no_grad():
+        for p in pair.teacher.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    out = pair(x)
+    with torch.no_grad():
+        ref_student = pair.student(x)
+        ref_teacher = pair.teacher(x)
+    torch.testing.assert_close(out[0].detach(), ref_student)
+    torch.testing.assert_close(out[1], ref_teacher)
+    assert not torch.allclose(out[0].detach(), out[1])
+    out.square().sum().backward()
+    assert all(p.grad is None for p in pair.teacher.parameters())
+    assert all(p.grad is not None for p in pair.student.parameters())
+    assert pair.student.projector.layers[0].weight.grad.abs().sum() > 0
+    pair.eval()
+    pair(x[:2])
+    assert not pair.teacher.training
+
+
+@pytest.mark.parametrize("momentum", [0.9, 0.0, 0.5])
+def test_update_teacher_is_ema(momentum):
+    pair = VoCoTeacherStudent(_tiny_unet_net()).train()
+    gen = torch.Generator().manual_seed(13)
+    with torch.no_grad():
+        for p in pair.student.parameters():
+            p.add_(torch.randn(p.shape, generator=gen))
+        for p in pair.teacher.parameters():
+            p.add_(torch.randn(p.shape, generator=gen))
+    pair(_randn(4, 1, 32, 32, 32, seed=14))  # changes both BN running statistics
+    old_teacher = {k: v.clone() for k, v in pair.teacher.state_dict().items()}
+    student = {k: v.clone() for k, v in pair.student.state_dict().items()}
+    pair.update_teacher(momentum)
+    new_teacher = pair.teacher.state_dict()
+    checked = 0
+    for key, old in old_teacher.items():
+        if old.is_floating_point():
+            expected = momentum * old.double() + (1 - momentum) * student[key].double()
+            torch.testing.assert_close(new_teacher[key].double(), expected, rtol=1e-6, atol=1e-6)
+            if momentum > 0 and not torch.equal(old, student[key]):
+                assert not torch.allclose(new_teacher[key], student[key])
+            checked += 1
+        else:  # num_batches_tracked
+            assert torch.equal(new_teacher[key], student[key])
+    assert checked > 10
+    assert any("running_mean" in k for k in old_teacher)
+    # the student is untouched
+    for key, value in pair.student.state_dict().items():
+        assert torch.equal(value, student[key])

@@ -1,0 +1,332 @@
+"""bundles/voco_pretrain end to end at tiny sizes: properties, training, export, evaluation, inference, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from monai.bundle import ConfigWorkflow
+from monai.networks.nets import SwinUNETR
+
+from conftest import BUNDLES, write_ct
+from voco_components.data import DEMO_DATALIST, DEMO_DIR, VolumeError
+
+BUNDLE = BUNDLES / "voco_pretrain"
+CONFIGS = BUNDLE / "configs"
+TINY = {
+    "feature_size": 12,
+    "window_size": 4,
+    "projector_dim": 64,
+    "region_size": [64, 64, 32],
+    "grid": [2, 2, 1],
+    "roi_size": [32, 32, 32],
+    "num_crops": 2,
+    "val_num_crops": 4,
+    "val_repeats": 2,
+    "batch_size": 1,
+    "num_workers": 0,
+    "min_foreground_size": [16, 16, 8],
+    "max_steps": 4,
+    "val_every_steps": 2,
+    "checkpoint_interval": 2,
+    "warmup_steps": 1,
+}
+
+
+def workflow(tmp: Path, configs=("train.json",), workflow_type="train", **overrides) -> ConfigWorkflow:
+    settings = {"bundle_root": str(tmp), **TINY, **overrides}
+    wf = ConfigWorkflow(
+        config_file=[str(CONFIGS / c) for c in configs],
+        meta_file=str(CONFIGS / "metadata.json"),
+        logging_file=str(CONFIGS / "logging.conf"),
+        workflow_type=workflow_type,
+        **settings,
+    )
+    wf.initialize()
+    return wf
+
+
+def record_losses(wf: ConfigWorkflow) -> list[float]:
+    """Attach a recorder of the per-step loss to the workflow's trainer."""
+    from ignite.engine import Events
+
+    losses: list[float] = []
+    trainer = wf.parser.get_parsed_content("train#trainer")
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(float(e.state.output["loss"])))
+    return losses
+
+
+def test_json_files_are_four_space_indented_with_key_order_kept():
+    for path in sorted(CONFIGS.glob("*.json")):
+        text = path.read_text()
+        assert text == json.dumps(json.loads(text), indent=4) + "\n", f"{path.name} is not 4-space formatted"
+
+
+def test_metadata_is_valid_and_versioned(schema_file):
+    from monai.bundle import verify_metadata
+
+    verify_metadata(meta_file=str(CONFIGS / "metadata.json"), filepath=str(schema_file))
+    meta = json.loads((CONFIGS / "metadata.json").read_text())
+    assert meta["version"] in meta["changelog"]
+    fmt = meta["network_data_format"]
+    assert fmt["inputs"]["image"]["num_channels"] == 1
+    assert fmt["outputs"]["pred"]["num_channels"] == 16 * 48  # pooled SwinViT embedding at feature_size 48
+
+
+def test_bundle_files_exist():
+    for name in ("LICENSE", "large_files.yml", "docs/README.md", "docs/data_license.txt", "configs/logging.conf"):
+        assert (BUNDLE / name).is_file(), name
+    for name in ("train", "evaluate", "inference", "multi_gpu_train", "cpu_demo", "metadata"):
+        assert (CONFIGS / f"{name}.json").is_file(), name
+
+
+def test_train_defaults_are_the_papers_table_9():
+    config = json.loads((CONFIGS / "train.json").read_text())
+    assert config["spacing"] == [1.5, 1.5, 1.5]
+    assert config["hu_range"] == [-175, 250]
+    assert config["region_size"] == [384, 384, 64] and config["grid"] == [4, 4, 1]
+    assert config["roi_size"] == [64, 64, 64] and config["num_crops"] == 4 and config["batch_size"] == 4
+    assert config["learning_rate"] == 1e-3 and config["weight_decay"] == 1e-2
+    assert config["warmup_steps"] == 100 and config["max_steps"] == 100000
+    assert config["variant"] == "paper" and config["lambda_reg"] == 1.0
+
+
+def test_train_and_infer_properties(tmp_path):
+    assert workflow(tmp_path).check_properties() == []
+    infer = workflow(tmp_path, ("inference.json",), "infer", feature_size=12, window_size=4)
+    assert infer.check_properties() == []
+
+
+# the official variant pools SwinUNETR's encoder10 output, whose instance norm needs a 2³ map: 64³ crops
+VARIANT_SIZES = {
+    "paper": {},
+    "official": {"region_size": [128, 128, 64], "roi_size": [64, 64, 64], "min_foreground_size": [16, 16, 16]},
+}
+
+
+@pytest.mark.parametrize("variant", ["paper", "official"])
+def test_training_exports_a_swinunetr_encoder(tmp_path, variant):
+    wf = workflow(tmp_path, variant=variant, **VARIANT_SIZES[variant])
+    losses = record_losses(wf)
+    wf.run()
+    wf.finalize()
+    assert len(losses) == 4 and all(torch.isfinite(torch.tensor(losses)))
+    state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    assert state and all(k.startswith(("swinViT.", "encoder")) for k in state)
+    target = SwinUNETR(in_channels=1, out_channels=14, feature_size=12, window_size=4)
+    result = target.load_state_dict(state, strict=False)
+    assert not result.unexpected_keys
+    for key, value in state.items():
+        assert torch.equal(target.state_dict()[key], value)
+    trained = wf.parser.get_parsed_content("network_def").state_dict()
+    assert all(torch.equal(trained[k].cpu(), v) for k, v in state.items())
+    info = json.loads((tmp_path / "models" / "model.json").read_text())
+    assert info["variant"] == variant and info["steps"] == 4
+    assert {"val_position_top1", "val_position_mae"} <= set(info["metrics"])
+    ckpts = tmp_path / "outputs" / "checkpoints"
+    assert (ckpts / "checkpoint_init.pt").is_file() and (ckpts / "checkpoint_best.pt").is_file()
+    assert sorted(p.name for p in ckpts.glob("checkpoint_[0-9]*.pt")) == ["checkpoint_2.pt", "checkpoint_4.pt"]
+
+
+KILL_SCRIPT = """
+import json, os, signal, sys
+from ignite.engine import Events
+sys.path.insert(0, {tests!r})
+from test_pretrain_bundle import workflow, record_losses
+from pathlib import Path
+wf = workflow(Path({root!r}), resume={resume!r}, max_steps=6)
+losses = record_losses(wf)
+trainer = wf.parser.get_parsed_content("train#trainer")
+def dump(engine):
+    Path({log!r}).write_text(json.dumps({{"start": engine.state.iteration - len(losses), "losses": losses}}))
+    if engine.state.iteration == {kill_at}:
+        os.kill(os.getpid(), signal.SIGKILL)
+trainer.add_event_handler(Events.ITERATION_COMPLETED, dump)
+wf.run()
+"""
+
+
+def run_script(tmp: Path, root: Path, log: Path, resume: bool, kill_at: int) -> subprocess.CompletedProcess:
+    script = KILL_SCRIPT.format(
+        tests=str(Path(__file__).parent), root=str(root), resume=resume, log=str(log), kill_at=kill_at
+    )
+    return subprocess.run([sys.executable, "-c", script], cwd=tmp, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_exactly(tmp_path):
+    """SIGKILL after step 5 (last checkpoint at step 4), resume: steps 5 and 6 repeat the uninterrupted losses."""
+    full = workflow(tmp_path / "full", max_steps=6)
+    full_losses = record_losses(full)
+    full.run()
+
+    killed_log, resumed_log = tmp_path / "killed.json", tmp_path / "resumed.json"
+    killed = run_script(tmp_path, tmp_path / "killed", killed_log, resume=False, kill_at=5)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    ckpts = tmp_path / "killed" / "outputs" / "checkpoints"
+    for path in ckpts.glob("*.pt"):  # every file on disk is complete
+        torch.load(path, weights_only=True)
+    assert not list(ckpts.glob(".*tmp"))
+    assert json.loads(killed_log.read_text())["losses"] == pytest.approx(full_losses[:5], rel=1e-6)
+
+    resumed = run_script(tmp_path, tmp_path / "killed", resumed_log, resume=True, kill_at=-1)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    record = json.loads(resumed_log.read_text())
+    assert record["start"] == 4
+    assert record["losses"] == pytest.approx(full_losses[4:], rel=1e-6)
+    final_full = torch.load(tmp_path / "full" / "models" / "model.pt", weights_only=True)
+    final_resumed = torch.load(tmp_path / "killed" / "models" / "model.pt", weights_only=True)
+    for key, value in final_full.items():
+        torch.testing.assert_close(final_resumed[key], value, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_cli_training_id_and_evaluate_and_inference(tmp_path):
+    """The `training` id through the CLI, then evaluate.json and inference.json on its outputs."""
+    overrides = [f"--{k} {json.dumps(v).replace(' ', '')}" for k, v in TINY.items()]
+    base = f"{sys.executable} -m monai.bundle run"
+    train = f"{base} training --config_file {CONFIGS / 'train.json'} --bundle_root {tmp_path} " + " ".join(overrides)
+    result = subprocess.run(train, shell=True, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "models" / "model.pt").is_file()
+
+    wf = workflow(tmp_path, ("train.json", "evaluate.json"), val_num_crops=16, val_repeats=13)
+    wf.run()
+    metrics = json.loads((tmp_path / "outputs" / "eval" / "metrics.json").read_text())
+    for key in ("position_top1", "position_mae", "chance_top1", "init_position_top1", "init_position_mae"):
+        assert key in metrics
+    assert metrics["num_random_crops"] == 16 * 13 >= 200
+    assert 0 <= metrics["position_top1"] <= 1 and 0 <= metrics["init_position_mae"] <= 2
+    assert metrics["chance_top1"] == pytest.approx(1 / 4, abs=0.2)  # 2x2x1 grid
+
+    infer = workflow(
+        tmp_path,
+        ("inference.json",),
+        "infer",
+        feature_size=12,
+        window_size=4,
+        region_size=[64, 64, 32],
+        grid=[2, 2, 1],
+        roi_size=[32, 32, 32],
+        num_crops=3,
+    )
+    infer.run()
+    record = torch.load(tmp_path / "outputs" / "features" / "lung2_image_voco.pt", weights_only=True)
+    assert record["features"].shape == (4 + 3, 16 * 12)
+    assert record["boxes"].shape == (7, 3, 2) and record["labels"].shape == (3, 4)
+    torch.testing.assert_close(record["labels"].sum(-1), torch.ones(3))
+
+
+@pytest.mark.slow
+def test_multi_gpu_config_runs_ddp_on_cpu_with_two_processes(tmp_path):
+    overrides = {**TINY, "max_steps": 2, "val_every_steps": 2}
+    flags = " ".join(f"--{k} {json.dumps(v).replace(' ', '')}" for k, v in overrides.items())
+    configs = f"\"['{CONFIGS / 'train.json'}','{CONFIGS / 'multi_gpu_train.json'}']\""
+    cmd = (
+        f"{sys.executable} -m torch.distributed.run --standalone --nnodes=1 --nproc_per_node=2 -m monai.bundle run "
+        f"--config_file {configs} --meta_file {CONFIGS / 'metadata.json'} --logging_file {CONFIGS / 'logging.conf'} "
+        f"--bundle_root {tmp_path} {flags}"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    assert all(not k.startswith("module.") for k in state)
+    checkpoint = torch.load(tmp_path / "outputs" / "checkpoints" / "checkpoint_2.pt", weights_only=True)
+    assert checkpoint["trainer"]["iteration"] == 2
+
+
+def bad_volume_cases(tmp: Path) -> dict[str, tuple[Path, str]]:
+    import gzip
+
+    import nibabel as nib
+    import numpy as np
+
+    good = write_ct(tmp / "good.nii.gz")
+    truncated = tmp / "truncated.nii.gz"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    flat = tmp / "flat.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((40, 40), dtype=np.int16), np.eye(4)), str(flat))
+    small = write_ct(tmp / "small.nii.gz", shape=(8, 8, 2))
+    nan = tmp / "nan.nii.gz"
+    data = np.asanyarray(nib.load(str(good)).dataobj).astype(np.float32)
+    data[10, 10, 5] = np.nan
+    nib.save(nib.Nifti1Image(data, nib.load(str(good)).affine), str(nan))
+    assert gzip.open(good).read(4)  # the good file itself reads
+    return {
+        "missing": (tmp / "missing.nii.gz", "file not found"),
+        "truncated": (truncated, "cannot be read"),
+        "not_3d": (flat, "expected a 3D volume"),
+        "too_small": (small, "smaller than the minimum"),
+        "nan": (nan, "NaN or infinite"),
+    }
+
+
+@pytest.mark.parametrize("case", ["missing", "truncated", "not_3d", "too_small", "nan"])
+def test_bad_volume_is_reported_by_name(tmp_path, case):
+    path, message = bad_volume_cases(tmp_path)[case]
+    datalist = tmp_path / "datalist.json"
+    datalist.write_text(json.dumps({"training": [{"image": path.name}], "validation": [{"image": "good.nii.gz"}]}))
+    wf = workflow(tmp_path, datalist=str(datalist), dataset_dir=str(tmp_path))
+    dataset = wf.parser.get_parsed_content("train#dataset")
+    with pytest.raises(VolumeError, match=message) as info:
+        dataset[0]
+    assert str(path) in str(info.value)
+
+
+def test_training_stops_on_a_bad_volume_without_partial_checkpoints(tmp_path):
+    path, _ = bad_volume_cases(tmp_path)["truncated"]
+    datalist = tmp_path / "datalist.json"
+    datalist.write_text(json.dumps({"training": [{"image": path.name}], "validation": [{"image": "good.nii.gz"}]}))
+    wf = workflow(tmp_path, datalist=str(datalist), dataset_dir=str(tmp_path))
+    with pytest.raises(Exception) as info:
+        wf.run()
+    assert str(path) in "".join(str(e) for e in _chain(info.value))
+    ckpts = tmp_path / "outputs" / "checkpoints"
+    assert not list(ckpts.glob("checkpoint_[0-9]*.pt")) and not list(ckpts.glob(".*tmp"))
+
+
+def _chain(exc: BaseException):
+    while exc is not None:
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def test_skip_policy_trains_on_the_good_volumes(tmp_path, caplog):
+    cases = bad_volume_cases(tmp_path)
+    datalist = tmp_path / "datalist.json"
+    entries = [{"image": "good.nii.gz"}, {"image": cases["truncated"][0].name}, {"image": cases["nan"][0].name}]
+    datalist.write_text(json.dumps({"training": entries, "validation": [{"image": "good.nii.gz"}]}))
+    wf = workflow(tmp_path, datalist=str(datalist), dataset_dir=str(tmp_path), on_bad_volume="skip", max_steps=2)
+    losses = record_losses(wf)
+    wf.run()
+    assert len(losses) == 2
+    dataset = wf.parser.get_parsed_content("train#dataset")
+    assert {dataset.data[i]["image"] for i in dataset.bad_volumes} <= {str(cases["truncated"][0]), str(cases["nan"][0])}
+    assert "skipping a bad volume" in caplog.text
+
+
+def test_datalists_merge_and_resolve_against_dataset_dir(tmp_path):
+    from voco_components.data import load_datalists
+
+    first, second = tmp_path / "btcv.json", tmp_path / "covid.json"
+    first.write_text(json.dumps({"training": [{"image": "imagesTr/a.nii.gz"}, {"image": "/abs/b.nii.gz"}]}))
+    second.write_text(json.dumps({"training": ["c.nii.gz"], "validation": [{"image": "d.nii.gz"}]}))
+    merged = load_datalists([first, second], "/data", "training")
+    assert merged == [{"image": "/data/imagesTr/a.nii.gz"}, {"image": "/abs/b.nii.gz"}, {"image": "/data/c.nii.gz"}]
+    with pytest.raises(ValueError, match="no 'validation' list"):
+        load_datalists([first], "/data", "validation")
+    with pytest.raises(FileNotFoundError, match="nope.json"):
+        load_datalists(tmp_path / "nope.json", "/data")
+
+
+def test_demo_data_ships_inside_the_package():
+    meta = json.loads(DEMO_DATALIST.read_text())
+    for entry in meta["training"] + meta["validation"]:
+        assert (DEMO_DIR / entry["image"]).is_file()
+    assert sum(p.stat().st_size for p in DEMO_DIR.iterdir()) < 15 * 2**20

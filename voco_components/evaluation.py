@@ -1,0 +1,97 @@
+"""Held-out evaluation of a pretrained VoCo network, and the feature writer of the inference workflow."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from ignite.engine import Engine, Events
+from torch import nn
+
+from voco_components.checkpoint import atomic_save, atomic_save_text
+
+__all__ = ["training_to_network_state", "evaluate_checkpoints", "FeatureWriter"]
+
+logger = logging.getLogger(__name__)
+
+
+def training_to_network_state(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """State of the trainer's network -> state of the plain :class:`VoCoNet` (the student of a
+    teacher/student pair; DDP ``module.`` prefixes removed)."""
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    if any(k.startswith("student.") for k in state):
+        return {k[len("student.") :]: v for k, v in state.items() if k.startswith("student.")}
+    return dict(state)
+
+
+def evaluate_checkpoints(
+    evaluator: Engine, network: nn.Module, checkpoints: Mapping[str, str | Path], output_path: str | Path
+) -> dict[str, Any]:
+    """Run ``evaluator`` once per checkpoint and write every metric to one JSON file.
+
+    Args:
+        evaluator: a ``SupervisedEvaluator`` whose network is ``network`` and whose metrics include
+            ``val_position_top1``, ``val_position_mae``, ``val_effective_rank`` and ``val_chance_top1``.
+        network: the :class:`VoCoNet` the evaluator runs; each checkpoint's ``network`` entry is loaded into it.
+        checkpoints: metric-name prefix -> checkpoint file, e.g. ``{"": final, "init_": initial}``.
+        output_path: the JSON file, e.g. ``<output_dir>/eval/metrics.json``.
+
+    Returns:
+        the written metrics: for each prefix ``p``, ``p + position_top1``, ``p + position_mae``,
+        ``p + effective_rank``, plus ``chance_top1``, ``num_random_crops`` and the checkpoint paths.
+    """
+    results: dict[str, Any] = {}
+    for prefix, path in checkpoints.items():
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: checkpoint not found; train first (or point the config at one).")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        network.load_state_dict(training_to_network_state(state.get("network", state)))
+        evaluator.run()
+        metrics = evaluator.state.metrics
+        results[f"{prefix}position_top1"] = float(metrics["val_position_top1"])
+        results[f"{prefix}position_mae"] = float(metrics["val_position_mae"])
+        results[f"{prefix}effective_rank"] = float(metrics["val_effective_rank"])
+        results["chance_top1"] = float(metrics["val_chance_top1"])
+        results[f"{prefix}checkpoint"] = str(path)
+    results["num_random_crops"] = int(evaluator.state.metrics.get("val_num_random_crops", 0))
+    output_path = Path(output_path)
+    atomic_save_text(json.dumps(results, indent=4) + "\n", output_path)
+    logger.info(f"wrote {output_path}: {results}")
+    return results
+
+
+class FeatureWriter:
+    """Inference handler: write each volume's crop features to ``<output_dir>/<name>_voco.pt``.
+
+    Each file holds ``features`` (n + k, C), ``boxes`` (n + k, 3, 2) in region coordinates,
+    ``labels`` (k, n) and ``source`` (the input path). Needs batch size 1 and the input path under
+    ``path_key`` in the batch.
+    """
+
+    def __init__(self, output_dir: str | Path, path_key: str = "source_path", box_key: str = "voco_boxes") -> None:
+        self.output_dir = Path(output_dir)
+        self.path_key = path_key
+        self.box_key = box_key
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        batch = engine.state.batch
+        labels = engine.state.output["label"]
+        if labels.shape[0] != 1:
+            raise ValueError(f"FeatureWriter needs batch size 1, got {labels.shape[0]}.")
+        source = str(batch[self.path_key][0])
+        name = Path(source).name.split(".")[0]
+        record = {
+            "features": engine.state.output["pred"].detach().cpu(),
+            "boxes": torch.as_tensor(batch[self.box_key][0]).cpu(),
+            "labels": labels[0].detach().cpu(),
+            "source": source,
+        }
+        atomic_save(record, self.output_dir / f"{name}_voco.pt")
