@@ -329,10 +329,6 @@ def test_official_trainer_updates_teacher_by_ema():
             torch.testing.assert_close(
                 teacher_post[name], m * teacher_pre[name] + (1 - m) * student[name], rtol=1e-5, atol=1e-6
             )
-        running = "projector.layers.1.running_mean"  # float buffers are averaged as well
-        torch.testing.assert_close(
-            teacher_post[running], m * teacher_pre[running] + (1 - m) * student[running], rtol=1e-5, atol=1e-6
-        )
         previous = teacher_post
     assert all(p.grad is None for p in pair.teacher.parameters())
 

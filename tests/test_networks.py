@@ -206,6 +206,10 @@ def test_projection_head_structure():
         h = torch.relu(h)
     manual = layers[6](h)
     torch.testing.assert_close(head(x), manual, rtol=1e-5, atol=1e-5)
+    # evaluation normalises with the statistics of the batch too, as in training (author-code BN)
+    head.eval()
+    torch.testing.assert_close(head(x), manual, rtol=1e-5, atol=1e-5)
+    assert not any("running" in k for k in head.state_dict())
 
 
 def _tiny_unet_net(seed: int = 0) -> VoCoNet:
@@ -245,14 +249,18 @@ def test_teacher_student_output_and_frozen_teacher():
 
 @pytest.mark.parametrize("momentum", [0.9, 0.0, 0.5])
 def test_update_teacher_is_ema(momentum):
-    pair = VoCoTeacherStudent(_tiny_unet_net()).train()
+    net = _tiny_unet_net()
+    net.encoder.register_buffer("stat", torch.zeros(3))  # a float buffer (EMA) and an integer one (copied)
+    net.encoder.register_buffer("count", torch.zeros((), dtype=torch.long))
+    pair = VoCoTeacherStudent(net).train()
     gen = torch.Generator().manual_seed(13)
     with torch.no_grad():
         for p in pair.student.parameters():
             p.add_(torch.randn(p.shape, generator=gen))
         for p in pair.teacher.parameters():
             p.add_(torch.randn(p.shape, generator=gen))
-    pair(_randn(4, 1, 32, 32, 32, seed=14))  # changes both BN running statistics
+        pair.student.encoder.stat.add_(torch.randn(3, generator=gen))
+        pair.student.encoder.count.add_(7)
     old_teacher = {k: v.clone() for k, v in pair.teacher.state_dict().items()}
     student = {k: v.clone() for k, v in pair.student.state_dict().items()}
     pair.update_teacher(momentum)
@@ -265,10 +273,10 @@ def test_update_teacher_is_ema(momentum):
             if momentum > 0 and not torch.equal(old, student[key]):
                 assert not torch.allclose(new_teacher[key], student[key])
             checked += 1
-        else:  # num_batches_tracked
+        else:  # integer buffers are copied
             assert torch.equal(new_teacher[key], student[key])
     assert checked > 10
-    assert any("running_mean" in k for k in old_teacher)
+    assert "encoder.stat" in old_teacher and int(new_teacher["encoder.count"]) == 7
     # the student is untouched
     for key, value in pair.student.state_dict().items():
         assert torch.equal(value, student[key])

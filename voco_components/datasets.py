@@ -28,9 +28,11 @@ def sample_seed(seed: int, index: int) -> int:
 
 def _volume_error(exc: BaseException) -> VolumeError | None:
     """The :class:`VolumeError` in an exception chain (MONAI wraps transform errors in RuntimeError)."""
-    while exc is not None:
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
         if isinstance(exc, VolumeError):
             return exc
+        seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
     return None
 
@@ -106,8 +108,10 @@ class VoCoStepDataset(Dataset):
                 return dict(self.volumes[volume])
             except Exception as exc:
                 error = _volume_error(exc)
-                if error is None or self.on_bad_volume == "raise":
-                    raise (error or exc) from exc
+                if error is None:
+                    raise
+                if self.on_bad_volume == "raise":
+                    raise VolumeError(str(error)) from error.__cause__
                 self.bad_volumes.add(volume)
                 logger.warning(f"skipping a bad volume (on_bad_volume='skip'): {error}")
         raise VolumeError(f"all {len(self.bad_volumes)} volumes of the datalist are bad; nothing to train on.")

@@ -125,17 +125,20 @@ class UNetEncoder(nn.Module):
 class ProjectionHead(nn.Module):
     """Linear-BN-ReLU, Linear-BN-ReLU, Linear: (N, in_dim) -> (N, out_dim).
 
-    The batch norms normalise over every crop of the step together (base and random crops share one batch).
+    The batch norms always use the statistics of the current batch, in training and evaluation alike,
+    as in the author code (``track_running_stats=False``): the n base and k random crops of a volume
+    are normalised together, so held-out position metrics see the same normalisation as training.
+    A forward pass therefore needs N > 1.
     """
 
     def __init__(self, in_dim: int, hidden_dim: int = 2048, out_dim: int = 2048) -> None:
         super().__init__()
         self.layers = nn.Sequential(
             nn.Linear(in_dim, hidden_dim),
-            nn.BatchNorm1d(hidden_dim),
+            nn.BatchNorm1d(hidden_dim, track_running_stats=False),
             nn.ReLU(inplace=True),
             nn.Linear(hidden_dim, hidden_dim),
-            nn.BatchNorm1d(hidden_dim),
+            nn.BatchNorm1d(hidden_dim, track_running_stats=False),
             nn.ReLU(inplace=True),
             nn.Linear(hidden_dim, out_dim),
         )
