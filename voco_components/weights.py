@@ -1,0 +1,176 @@
+"""Load pretrained VoCo / SwinUNETR self-supervised weights into a network, loudly.
+
+The silent ``load_state_dict(strict=False)`` that loads nothing is the most common way pretrained
+weights get lost. :func:`load_pretrained` normalises the checkpoint's layout and key names, adapts
+the input channels, reports what loaded and what did not, and fails when too little of the encoder
+loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+__all__ = ["LoadReport", "normalise_state_dict", "adapt_input_channels", "load_pretrained"]
+
+logger = logging.getLogger(__name__)
+
+WRAPPER_KEYS = ("state_dict", "model", "net", "network", "student")
+STRIP_PREFIXES = ("module.", "student.", "teacher.", "backbone.")
+RENAMES = (("swin_vit", "swinViT"),)
+CHANNEL_POLICIES = ("repeat", "reinit")
+
+
+@dataclass
+class LoadReport:
+    """What :func:`load_pretrained` did. Key lists are sorted; ``encoder_fraction`` is in [0, 1]."""
+
+    source: str
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    shape_mismatched: list[str] = field(default_factory=list)
+    channel_adapted: list[str] = field(default_factory=list)
+    encoder_fraction: float = 0.0
+
+    def summary(self) -> str:
+        return (
+            f"{self.source}: loaded {len(self.loaded)} tensors ({100 * self.encoder_fraction:.1f}% of the encoder), "
+            f"{len(self.channel_adapted)} with adapted input channels; missing {len(self.missing)}, "
+            f"unexpected {len(self.unexpected)}, shape-mismatched {len(self.shape_mismatched)}"
+        )
+
+
+def normalise_state_dict(
+    checkpoint: Mapping, strip_prefixes: Sequence[str] = STRIP_PREFIXES
+) -> dict[str, torch.Tensor]:
+    """Unwrap and rename a checkpoint into plain SwinUNETR-style keys.
+
+    Unwraps nested ``state_dict`` / ``model`` / ``net`` / ``network`` / ``student`` entries, drops the
+    ``teacher.*`` half of a student/teacher pair (the student is kept), strips the ``module.``,
+    ``student.``, ``teacher.`` and ``backbone.`` prefixes (repeatedly, in any order) and renames
+    ``swin_vit`` to ``swinViT``. Non-tensor entries are dropped.
+    """
+    state: Mapping = checkpoint
+    while True:
+        nested = next((state[k] for k in WRAPPER_KEYS if isinstance(state.get(k), Mapping)), None)
+        if nested is None:
+            break
+        state = nested
+    keys = list(state)
+    has_student = any(k.removeprefix("module.").startswith("student.") for k in keys)
+    result: dict[str, torch.Tensor] = {}
+    for key in keys:
+        value = state[key]
+        if not isinstance(value, torch.Tensor):
+            continue
+        if has_student and key.removeprefix("module.").startswith("teacher."):
+            continue
+        name = key
+        stripped = True
+        while stripped:
+            stripped = False
+            for prefix in strip_prefixes:
+                if name.startswith(prefix):
+                    name, stripped = name[len(prefix) :], True
+        for old, new in RENAMES:
+            name = name.replace(old, new)
+        result[name] = value
+    return result
+
+
+def adapt_input_channels(weight: torch.Tensor, channels: int, policy: str) -> torch.Tensor | None:
+    """Adapt a convolution weight (C_out, C_in, ...) of a first layer to ``channels`` inputs.
+
+    ``repeat``: tile the pretrained filters over the new channels and rescale by C_in / channels, so
+    that an input repeated on every channel gives the original activation. ``reinit``: return None
+    (keep the network's own initialisation).
+    """
+    if policy not in CHANNEL_POLICIES:
+        raise ValueError(f"in_channels policy must be one of {CHANNEL_POLICIES}, got {policy!r}.")
+    if policy == "reinit":
+        return None
+    source = weight.shape[1]
+    repeats = -(-channels // source)
+    tiled = weight.repeat(1, repeats, *([1] * (weight.ndim - 2)))[:, :channels]
+    return tiled * (source / channels)
+
+
+def load_pretrained(
+    network: nn.Module,
+    path: str | Path | None,
+    min_encoder_fraction: float = 0.9,
+    encoder_prefixes: Sequence[str] = ("swinViT.",),
+    in_channels_policy: str = "repeat",
+    strip_prefixes: Sequence[str] = STRIP_PREFIXES,
+) -> LoadReport | None:
+    """Load the pretrained tensors of ``path`` into ``network`` where names and shapes match.
+
+    Args:
+        network: e.g. ``SwinUNETR``, or any module with SwinUNETR's encoder names.
+        path: a VoCo export (``models/model.pt``), a VoCo training or public VoCo / SwinUNETR
+            self-supervised checkpoint; None loads nothing (the from-scratch baseline) and returns None.
+        min_encoder_fraction: fail when fewer than this fraction of the network's encoder tensors
+            (names starting with ``encoder_prefixes``) loaded.
+        encoder_prefixes: which of the network's tensors count as the encoder.
+        in_channels_policy: for a first-layer weight whose only mismatch is the input-channel axis
+            (e.g. 4-channel MRI from a 1-channel CT checkpoint): ``repeat`` or ``reinit``, see
+            :func:`adapt_input_channels`.
+        strip_prefixes: key prefixes removed from the checkpoint.
+
+    Returns:
+        the :class:`LoadReport`, also logged.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: less than ``min_encoder_fraction`` of the encoder loaded.
+    """
+    if path is None:
+        logger.info("pretrained is None: training from scratch.")
+        return None
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: pretrained checkpoint not found.")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    source = normalise_state_dict(checkpoint, strip_prefixes)
+    target = network.state_dict()
+    report = LoadReport(source=str(path))
+    update: dict[str, torch.Tensor] = {}
+    for name, value in source.items():
+        if name not in target:
+            report.unexpected.append(name)
+            continue
+        wanted = target[name].shape
+        if value.shape == wanted:
+            update[name] = value
+        elif value.ndim >= 3 and value.shape[0] == wanted[0] and value.shape[2:] == wanted[2:]:
+            adapted = adapt_input_channels(value, wanted[1], in_channels_policy)
+            if adapted is None:
+                report.shape_mismatched.append(name)
+            else:
+                update[name] = adapted
+                report.channel_adapted.append(name)
+        else:
+            report.shape_mismatched.append(name)
+    network.load_state_dict(update, strict=False)
+    report.loaded = sorted(update)
+    report.missing = sorted(set(target) - set(update))
+    report.unexpected.sort()
+    report.shape_mismatched.sort()
+    encoder = [k for k in target if k.startswith(tuple(encoder_prefixes))]
+    report.encoder_fraction = sum(k in update for k in encoder) / len(encoder) if encoder else 0.0
+    logger.info(report.summary())
+    if report.shape_mismatched:
+        logger.warning(f"shape-mismatched tensors left at their initialisation: {report.shape_mismatched}")
+    if report.encoder_fraction < min_encoder_fraction:
+        raise ValueError(
+            f"{report.summary()}. Only {100 * report.encoder_fraction:.1f}% of the encoder tensors "
+            f"({', '.join(encoder_prefixes)}) loaded, below the required {100 * min_encoder_fraction:.0f}%: "
+            "this checkpoint does not fit this network (wrong file, architecture or feature_size?)."
+        )
+    return report
