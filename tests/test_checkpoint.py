@@ -322,9 +322,17 @@ def test_resume_continues_exactly_where_the_killed_run_stopped(tmp_path):
     assert (folder / "checkpoint_init.pt").read_bytes() == init_bytes  # a resumed run keeps the initial weights
 
 
-def test_resume_disabled_starts_from_scratch(tmp_path):
+def test_resume_disabled_refuses_to_mix_with_an_earlier_run(tmp_path):
+    """A fresh run must not rotate away (or later resume from) another run's checkpoints."""
     train_with_checkpoints(tmp_path, max_epochs=2)
-    model, fresh, seen, sampler = resumed_run(tmp_path, max_epochs=1, enabled=False)
+    before = {p.name: p.read_bytes() for p in tmp_path.glob("checkpoint_*.pt")}
+    with pytest.raises(FileExistsError, match=r"steps \[2, 4\].*resume=true"):
+        resumed_run(tmp_path, max_epochs=1, enabled=False)
+    assert {p.name: p.read_bytes() for p in tmp_path.glob("checkpoint_*.pt")} == before
+
+
+def test_resume_disabled_starts_from_scratch(tmp_path):
+    model, fresh, seen, sampler = resumed_run(tmp_path / "new", max_epochs=1, enabled=False)
     assert seen["iterations"] == [1, 2]
     assert_same_state(seen["start"], fresh)
     assert sampler.calls == [0]
@@ -350,6 +358,17 @@ def test_resume_from_a_checkpoint_lacking_an_object_names_the_file(tmp_path):
         trainer.run([0, 1], max_epochs=2)
     message = str(excinfo.value)
     assert str(path) in message and "optimizer" in message
+
+
+def test_resume_extends_a_run_given_max_iters(tmp_path):
+    model, optimizer = make_model_and_optimizer(0)
+    trainer = make_trainer(model, optimizer)
+    StepCheckpointSaver(tmp_path, {"network": model}, interval=2).attach(trainer)
+    trainer.run([0, 1], max_iters=4)
+    resumed = make_trainer(model, optimizer)
+    ResumeHandler(tmp_path, {"network": model}).attach(resumed)
+    resumed.run([0, 1], max_iters=6)
+    assert resumed.state.iteration == 6
 
 
 # ------------------------------------------------------------------------------------------------- best metric
@@ -406,7 +425,6 @@ def test_best_metric_saver_saves_only_improvements_and_survives_a_restart(tmp_pa
     assert leftover_temporaries(tmp_path) == []
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a NaN score beats every score (nan <= best is False) and is then stored")
 def test_best_metric_saver_ignores_a_nan_score(tmp_path):
     model = torch.nn.Linear(2, 1)
     saver = BestMetricSaver(tmp_path, model, "val_top1")

@@ -140,10 +140,6 @@ def test_command_line_export(tmp_path):
     assert json.loads((tmp_path / "model.json").read_text()) == {"source_checkpoint": str(checkpoint), "steps": 5}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: python-fire parses the --sidecar_info JSON into a dict before main() calls json.loads on it",
-)
 def test_command_line_export_with_sidecar_info(tmp_path):
     checkpoint = tmp_path / "checkpoint_5.pt"
     training_checkpoint(checkpoint)

@@ -149,7 +149,8 @@ class StepCheckpointSaver:
     (and its AMP gradient scaler), written with :func:`atomic_save` by rank 0;
     the ``n_saved`` newest are kept. With ``save_initial``, the network's state before the first
     iteration also goes to ``<save_dir>/checkpoint_init.pt`` (``{"network": state}``), for comparing
-    the trained model with its own initialisation.
+    the trained model with its own initialisation. A run that starts at iteration 0 in a folder that
+    already holds step checkpoints stops with ``FileExistsError`` rather than mixing two runs.
 
     Args:
         save_dir: folder of the checkpoints.
@@ -190,6 +191,11 @@ class StepCheckpointSaver:
         engine.add_event_handler(Events.COMPLETED, self.save)
 
     def _save_initial(self, engine: Engine) -> None:
+        if engine.state.iteration == 0 and checkpoint_steps(self.save_dir):
+            raise FileExistsError(
+                f"{self.save_dir} holds checkpoints of an earlier run (steps {checkpoint_steps(self.save_dir)}): "
+                "continue it with resume=true, or give this run another output folder."
+            )
         if self.save_initial and engine.state.iteration == 0 and _is_main_process():
             state = _unwrap(self.save_dict[self.network_key]).state_dict()
             atomic_save({self.network_key: state}, self.save_dir / "checkpoint_init.pt")
@@ -253,10 +259,12 @@ class ResumeHandler:
             missing = sorted(set(self.load_dict) - set(state))
             if missing:
                 raise KeyError(f"{path}: checkpoint lacks {missing} (has {sorted(state)}).")
-            max_epochs = engine.state.max_epochs
+            limits = {k: getattr(engine.state, k, None) for k in ("max_epochs", "max_iters")}
             for name, obj in self.load_dict.items():
                 _unwrap(obj).load_state_dict(state[name])
-            engine.state.max_epochs = max_epochs  # a resumed run may be extended by raising max_steps
+            for key, value in limits.items():  # this run's limits, so a resumed run can be extended
+                if value is not None:
+                    setattr(engine.state, key, value)
             logger.info(f"resumed from {path} at step {engine.state.iteration}")
         if self.sampler is not None:
             self.sampler.set_start_step(engine.state.iteration)
@@ -292,6 +300,9 @@ class BestMetricSaver:
         if not _is_main_process():
             return
         score = float(engine.state.metrics[self.metric_name])
+        if not math.isfinite(score):
+            logger.warning(f"{self.metric_name} is {score}: not a candidate for the best checkpoint.")
+            return
         if score <= self._best_so_far():
             return
         atomic_save({"network": _unwrap(self.network).state_dict()}, self.save_dir / "checkpoint_best.pt")

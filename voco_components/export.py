@@ -86,11 +86,15 @@ class EncoderExportHandler:
         export_encoder(self.encoder.state_dict(), self.path, info)
 
 
-def main(checkpoint: str, output: str, sidecar_info: str = "{}") -> None:
-    """Export the encoder of a training checkpoint (``{"network": state, ...}``) to ``output``."""
+def main(checkpoint: str, output: str, sidecar_info: str | Mapping[str, Any] = "{}") -> None:
+    """Export the encoder of a training checkpoint (``{"network": state, ...}``) to ``output``.
+
+    ``sidecar_info``: extra facts for the sidecar, as JSON text or (from the command line) a dict.
+    """
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     network = state.get("network", state)
-    info = {"source_checkpoint": str(checkpoint), **json.loads(sidecar_info)}
+    extra = json.loads(sidecar_info) if isinstance(sidecar_info, str) else dict(sidecar_info)
+    info = {"source_checkpoint": str(checkpoint), **extra}
     if "trainer" in state:
         info["steps"] = int(state["trainer"].get("iteration", 0))
     export_encoder(encoder_state(network), output, info)
