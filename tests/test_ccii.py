@@ -226,7 +226,7 @@ def test_failed_write_leaves_no_partial_volume(release, tmp_path, monkeypatch):
     def broken_fsync(fd):
         raise OSError("disk full")
 
-    monkeypatch.setattr(ccii.os, "fsync", broken_fsync)
+    monkeypatch.setattr("voco_components.checkpoint.os.fsync", broken_fsync)
     with pytest.raises(OSError, match="disk full"):
         convert_scan(scan, target)
     assert target.read_bytes() == b"previous complete volume"

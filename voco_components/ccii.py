@@ -28,19 +28,20 @@ import gzip
 import json
 import logging
 import math
-import os
 import random
 import re
 import sys
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import nibabel as nib
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from voco_components.checkpoint import atomic_write
+from voco_components.data import read_json
 
 __all__ = [
     "CLASS_NAMES",
@@ -204,23 +205,6 @@ def _read_slice(path: Path) -> np.ndarray:
         raise ValueError(f"{path}: cannot read the slice image ({type(exc).__name__}: {exc}).") from exc
 
 
-def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write through ``write`` to a hidden temporary file in ``path``'s folder, flush it to disk and rename it
-    over ``path``: a process killed at any moment leaves the old file (or none) or the new one, never a part."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def convert_scan(
     scan: Scan, output_path: str | Path, spacing: Sequence[float] = (1.0, 1.0, 1.0)
 ) -> tuple[int, int, int]:
@@ -269,7 +253,7 @@ def convert_scan(
     payload = image.to_bytes()
     if compressed:
         payload = gzip.compress(payload, compresslevel=_GZIP_LEVEL, mtime=0)
-    _atomic_write(output_path, lambda handle: handle.write(payload))
+    atomic_write(output_path, lambda handle: handle.write(payload))
     return tuple(int(s) for s in volume.shape)  # type: ignore[return-value]
 
 
@@ -374,18 +358,13 @@ def convert_dataset(
     }
     path = output_dir / "datalist.json"
     text = json.dumps(datalist, indent=2) + "\n"
-    _atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
+    atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
     return path
 
 
 def _read_folds(datalist_path: str | Path) -> tuple[Path, list[list[dict[str, Any]]]]:
     path = Path(datalist_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: datalist file not found.")
-    try:
-        content = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc}).") from exc
+    content = read_json(path, "datalist")
     if not isinstance(content, dict):
         raise ValueError(f"{path}: expected a JSON object with fold0, fold1, ... lists.")
     numbers = sorted(int(m.group(1)) for key in content if (m := _FOLD_KEY.fullmatch(key)))

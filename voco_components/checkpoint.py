@@ -18,6 +18,7 @@ import torch
 from ignite.engine import Engine, Events
 
 __all__ = [
+    "atomic_write",
     "atomic_save",
     "atomic_save_text",
     "RNGState",
@@ -44,7 +45,7 @@ def _is_main_process() -> bool:
     )
 
 
-def _atomic_write(path: str | Path, write: Callable[[IO], None], mode: str) -> None:
+def atomic_write(path: str | Path, write: Callable[[IO], None], mode: str = "wb") -> None:
     """Write through ``write`` to a temporary file in ``path``'s folder, flush it to disk, rename it over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -66,12 +67,12 @@ def atomic_save(obj: Any, path: str | Path) -> None:
 
     A process killed at any moment leaves either the old file or the new one, never a partial file.
     """
-    _atomic_write(path, lambda handle: torch.save(obj, handle), "wb")
+    atomic_write(path, lambda handle: torch.save(obj, handle), "wb")
 
 
 def atomic_save_text(text: str, path: str | Path) -> None:
     """Write ``text`` to ``path`` through a temporary file and a rename, like :func:`atomic_save`."""
-    _atomic_write(path, lambda handle: handle.write(text), "w")
+    atomic_write(path, lambda handle: handle.write(text), "w")
 
 
 class RNGState:

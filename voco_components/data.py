@@ -17,6 +17,7 @@ __all__ = [
     "DEMO_DIR",
     "DEMO_DATALIST",
     "VolumeError",
+    "read_json",
     "load_datalists",
     "volume_name",
     "LoadVolumed",
@@ -50,6 +51,17 @@ def _resolve(entry: Any, base: Path) -> Any:
     return entry
 
 
+def read_json(path: str | Path, what: str = "JSON") -> Any:
+    """Parse a JSON file; ``FileNotFoundError`` / ``ValueError`` name the file and say what it should be."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: {what} file not found.")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc}).") from exc
+
+
 def load_datalists(
     datalist: str | Path | Sequence[str | Path], dataset_dir: str | Path, key: str = "training"
 ) -> list[dict[str, Any]]:
@@ -74,12 +86,7 @@ def load_datalists(
     base = Path(dataset_dir)
     merged: list[dict[str, Any]] = []
     for path in map(Path, paths):
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: datalist file not found.")
-        try:
-            content = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: not valid JSON ({exc}).") from exc
+        content = read_json(path, "datalist")
         if not isinstance(content, dict) or key not in content:
             found = sorted(content) if isinstance(content, dict) else type(content).__name__
             raise ValueError(f"{path}: no '{key}' list in this datalist (found {found}).")
