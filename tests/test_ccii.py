@@ -20,7 +20,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from voco_components import ccii
 from voco_components.ccii import CLASS_NAMES, convert_dataset, convert_scan, find_scans, fold_split
 
 REPO = Path(__file__).resolve().parents[1]
