@@ -39,7 +39,8 @@ class VoCoCropd(Randomizable, MapTransform):
     default) lie fully inside the region, at integer positions of the sampling grid. When a random crop
     does not map to exactly ``roi_size`` sampling-grid voxels it is resampled trilinearly to ``roi_size``.
 
-    Writes, for every key in ``keys`` (all cropped at the same boxes with the same augmentation):
+    Writes, for every key in ``keys`` (all cropped at the same boxes with the same augmentation), plain
+    tensors: the crops no longer have one affine, so a ``MetaTensor`` input's metadata is not carried over.
 
     - ``key``: float tensor (n + k, C, *roi_size), the n base crops first (C order over the grid, see
       :func:`voco_components.labels.base_boxes`), then the k random crops;
@@ -147,22 +148,29 @@ class VoCoCropd(Randomizable, MapTransform):
             return image
         return F.interpolate(image[None], size=shape, mode="trilinear", align_corners=False)[0]
 
-    def _base_crops(self, grid_image: torch.Tensor) -> torch.Tensor:
-        """(C, gx*rx, gy*ry, gz*rz) -> (n, C, rx, ry, rz) by a view of the cells in C order."""
+    def _crop(self, grid_image: torch.Tensor) -> torch.Tensor:
+        """(C, *sampling_shape) -> (n + k, C, *roi_size): the base cells in C order, then the random crops.
+
+        Both are copied once, straight into one preallocated output.
+        """
         c = grid_image.shape[0]
         gx, gy, gz = (int(g) for g in self.grid)
         rx, ry, rz = (int(r) for r in self.roi_size)
+        n = gx * gy * gz
+        out = grid_image.new_empty((n + self.num_crops, c, rx, ry, rz))
         cells = grid_image.reshape(c, gx, rx, gy, ry, gz, rz).permute(1, 3, 5, 0, 2, 4, 6)
-        return cells.reshape(gx * gy * gz, c, rx, ry, rz)
-
-    def _random_crops(self, grid_image: torch.Tensor) -> torch.Tensor:
-        """(C, *sampling_shape) -> (k, C, *roi_size) at the drawn starts."""
-        roi = [int(r) for r in self.roi_size]
+        out[:n].view(gx, gy, gz, c, rx, ry, rz).copy_(cells)
         if self.slice_only:
-            return torch.stack(
-                [grid_image[:, x : x + roi[0], y : y + roi[1], z : z + roi[2]] for x, y, z in self._starts.tolist()]
-            )
-        # general crop size: one trilinear grid_sample over all k boxes (align_corners=False convention)
+            for j, (x, y, z) in enumerate(self._starts.tolist()):
+                out[n + j].copy_(grid_image[:, x : x + rx, y : y + ry, z : z + rz])
+        else:
+            out[n:] = self._resampled_random_crops(grid_image)
+        return out
+
+    def _resampled_random_crops(self, grid_image: torch.Tensor) -> torch.Tensor:
+        """(C, *sampling_shape) -> (k, C, *roi_size) by trilinear resampling of boxes of any size."""
+        roi = [int(r) for r in self.roi_size]
+        # one trilinear grid_sample over all k boxes (align_corners=False convention)
         size = self.sampling_shape.to(torch.float64)
         axes = []
         for axis in range(3):
@@ -220,9 +228,7 @@ class VoCoCropd(Randomizable, MapTransform):
                     f"VoCoCropd: '{key}'{_source_name(value)} must be a channel-first 3D volume (C, X, Y, Z), "
                     f"got shape {tuple(image.shape)}."
                 )
-            grid_image = self._to_sampling_grid(image)
-            crops = torch.cat((self._base_crops(grid_image), self._random_crops(grid_image)))
-            crops = crops.contiguous()
+            crops = self._crop(self._to_sampling_grid(image))
             d[key] = self._augment(crops, plan) if plan is not None else crops
         boxes = self.random_boxes()
         d[self.label_key] = position_labels(boxes, self.region_size, self.grid)
