@@ -280,3 +280,9 @@ def test_update_teacher_is_ema(momentum):
     # the student is untouched
     for key, value in pair.student.state_dict().items():
         assert torch.equal(value, student[key])
+
+
+def test_voconet_defaults_to_the_papers_swin_b_encoder():
+    net = VoCoNet()
+    assert isinstance(net.encoder, SwinEncoder) and net.encoder.out_channels == 16 * 48
+    assert net.projector.layers[0].in_features == 768 and net.projector.layers[-1].out_features == 2048

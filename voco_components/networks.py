@@ -155,17 +155,18 @@ class VoCoNet(nn.Module):
 
     Args:
         encoder: a module mapping crops to pooled embeddings (N, out_channels) and exposing
-            ``out_channels``, e.g. :class:`SwinEncoder` or :class:`UNetEncoder`.
+            ``out_channels``, e.g. :class:`SwinEncoder` or :class:`UNetEncoder`; ``SwinEncoder()``
+            (feature_size 48, the paper's Swin-B) when None.
         hidden_dim: projector hidden width.
         out_dim: projected feature size C (2048 in the paper).
 
     Forward: crops (N, C_in, D, H, W) -> features (N, out_dim).
     """
 
-    def __init__(self, encoder: nn.Module, hidden_dim: int = 2048, out_dim: int = 2048) -> None:
+    def __init__(self, encoder: nn.Module | None = None, hidden_dim: int = 2048, out_dim: int = 2048) -> None:
         super().__init__()
-        self.encoder = encoder
-        self.projector = ProjectionHead(int(encoder.out_channels), hidden_dim, out_dim)
+        self.encoder = SwinEncoder() if encoder is None else encoder
+        self.projector = ProjectionHead(int(self.encoder.out_channels), hidden_dim, out_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.projector(self.encoder(x))
