@@ -1,5 +1,5 @@
 """Tests of the encoder export (voco_components.export) and the checkpoint key mapping of the evaluation
-(voco_components.evaluation.training_to_network_state), on hand-written state dicts."""
+(voco_components.weights.normalise_state_dict on training states), on hand-written state dicts."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from conftest import REPO
-from voco_components.evaluation import training_to_network_state
 from voco_components.export import encoder_state, export_encoder, main
+from voco_components.weights import normalise_state_dict
 
 
 def t(value, n=2):
@@ -152,17 +152,17 @@ def test_command_line_export_with_sidecar_info(tmp_path):
 
 
 @pytest.mark.parametrize("prefix", ["", "module."])
-def test_training_to_network_state_takes_the_student(prefix):
+def test_training_state_normalises_to_the_student(prefix):
     state = {
         f"{prefix}student.encoder.a": t(1),
         f"{prefix}student.projector.b": t(2),
         f"{prefix}teacher.encoder.a": t(3),
         f"{prefix}teacher.projector.b": t(4),
     }
-    assert_same_tensors(training_to_network_state(state), {"encoder.a": t(1), "projector.b": t(2)})
+    assert_same_tensors(normalise_state_dict(state), {"encoder.a": t(1), "projector.b": t(2)})
 
 
-def test_training_to_network_state_leaves_plain_keys_alone():
+def test_training_state_without_student_keeps_plain_keys():
     state = {"encoder.a": t(1), "projector.b": t(2)}
-    assert_same_tensors(training_to_network_state(state), state)
-    assert_same_tensors(training_to_network_state({"module.encoder.a": t(1)}), {"encoder.a": t(1)})
+    assert_same_tensors(normalise_state_dict(state), state)
+    assert_same_tensors(normalise_state_dict({"module.encoder.a": t(1)}), {"encoder.a": t(1)})

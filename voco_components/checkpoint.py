@@ -18,6 +18,8 @@ import torch
 from ignite.engine import Engine, Events
 
 __all__ = [
+    "is_main_process",
+    "unwrap_ddp",
     "atomic_write",
     "atomic_save",
     "atomic_save_text",
@@ -39,7 +41,8 @@ class _Stateful(Protocol):
     def load_state_dict(self, state: Any) -> Any: ...
 
 
-def _is_main_process() -> bool:
+def is_main_process() -> bool:
+    """True outside distributed runs and on rank 0."""
     return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or (
         torch.distributed.get_rank() == 0
     )
@@ -127,7 +130,8 @@ def latest_checkpoint(save_dir: str | Path) -> Path | None:
     return Path(save_dir) / f"checkpoint_{steps[-1]}.pt" if steps else None
 
 
-def _unwrap(obj: Any) -> Any:
+def unwrap_ddp(obj: Any) -> Any:
+    """The module inside a ``DistributedDataParallel`` wrapper, or ``obj`` itself."""
     return obj.module if isinstance(obj, torch.nn.parallel.DistributedDataParallel) else obj
 
 
@@ -197,15 +201,15 @@ class StepCheckpointSaver:
                 f"{self.save_dir} holds checkpoints of an earlier run (steps {checkpoint_steps(self.save_dir)}): "
                 "continue it with resume=true, or give this run another output folder."
             )
-        if self.save_initial and engine.state.iteration == 0 and _is_main_process():
-            state = _unwrap(self.save_dict[self.network_key]).state_dict()
+        if self.save_initial and engine.state.iteration == 0 and is_main_process():
+            state = unwrap_ddp(self.save_dict[self.network_key]).state_dict()
             atomic_save({self.network_key: state}, self.save_dir / "checkpoint_init.pt")
 
     def save(self, engine: Engine) -> None:
-        if not _is_main_process():
+        if not is_main_process():
             return
         step = engine.state.iteration
-        state = {name: _unwrap(obj).state_dict() for name, obj in self.save_dict.items()}
+        state = {name: unwrap_ddp(obj).state_dict() for name, obj in self.save_dict.items()}
         atomic_save(state, self.save_dir / f"checkpoint_{step}.pt")
         for old in checkpoint_steps(self.save_dir)[: -self.n_saved]:
             (self.save_dir / f"checkpoint_{old}.pt").unlink(missing_ok=True)
@@ -262,7 +266,7 @@ class ResumeHandler:
                 raise KeyError(f"{path}: checkpoint lacks {missing} (has {sorted(state)}).")
             limits = {k: getattr(engine.state, k, None) for k in ("max_epochs", "max_iters")}
             for name, obj in self.load_dict.items():
-                _unwrap(obj).load_state_dict(state[name])
+                unwrap_ddp(obj).load_state_dict(state[name])
             for key, value in limits.items():  # this run's limits, so a resumed run can be extended
                 if value is not None:
                     setattr(engine.state, key, value)
@@ -298,7 +302,7 @@ class BestMetricSaver:
         engine.add_event_handler(Events.COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
-        if not _is_main_process():
+        if not is_main_process():
             return
         score = float(engine.state.metrics[self.metric_name])
         if not math.isfinite(score):
@@ -306,6 +310,6 @@ class BestMetricSaver:
             return
         if score <= self._best_so_far():
             return
-        atomic_save({"network": _unwrap(self.network).state_dict()}, self.save_dir / "checkpoint_best.pt")
+        atomic_save({"network": unwrap_ddp(self.network).state_dict()}, self.save_dir / "checkpoint_best.pt")
         record = {"metric": self.metric_name, "score": score, "epoch": engine.state.epoch}
         atomic_save_text(json.dumps(record, indent=4) + "\n", self.save_dir / "checkpoint_best.json")

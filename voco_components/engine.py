@@ -10,6 +10,7 @@ from monai.engines.utils import PrepareBatch
 from monai.utils import CommonKeys
 from torch import nn
 
+from voco_components.checkpoint import unwrap_ddp
 from voco_components.losses import OfficialVoCoLoss, VoCoLoss
 from voco_components.networks import VoCoTeacherStudent
 from voco_components.variants import get_variant
@@ -124,10 +125,6 @@ class VoCoCriterion(nn.Module):
         return self.loss(s_random, s_base, t_random, t_base, labels)
 
 
-def _unwrap(network: nn.Module) -> nn.Module:
-    return network.module if isinstance(network, nn.parallel.DistributedDataParallel) else network
-
-
 class EMATeacherHandler:
     """Ignite handler: after every iteration, move the teacher towards the student (author code: momentum 0.9).
 
@@ -146,7 +143,7 @@ class EMATeacherHandler:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
-        network = _unwrap(self.network if self.network is not None else engine.network)
+        network = unwrap_ddp(self.network if self.network is not None else engine.network)
         if not isinstance(network, VoCoTeacherStudent):
             raise TypeError(f"EMATeacherHandler needs a VoCoTeacherStudent network, got {type(network).__name__}.")
         network.update_teacher(self.momentum)

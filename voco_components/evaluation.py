@@ -13,19 +13,11 @@ from ignite.engine import Engine, Events
 from torch import nn
 
 from voco_components.checkpoint import atomic_save, atomic_save_text
+from voco_components.weights import normalise_state_dict
 
-__all__ = ["training_to_network_state", "evaluate_checkpoints", "FeatureWriter"]
+__all__ = ["evaluate_checkpoints", "FeatureWriter"]
 
 logger = logging.getLogger(__name__)
-
-
-def training_to_network_state(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """State of the trainer's network -> state of the plain :class:`VoCoNet` (the student of a
-    teacher/student pair; DDP ``module.`` prefixes removed)."""
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    if any(k.startswith("student.") for k in state):
-        return {k[len("student.") :]: v for k, v in state.items() if k.startswith("student.")}
-    return dict(state)
 
 
 def evaluate_checkpoints(
@@ -50,7 +42,7 @@ def evaluate_checkpoints(
         if not path.is_file():
             raise FileNotFoundError(f"{path}: checkpoint not found; train first (or point the config at one).")
         state = torch.load(path, map_location="cpu", weights_only=True)
-        network.load_state_dict(training_to_network_state(state.get("network", state)))
+        network.load_state_dict(normalise_state_dict(state))  # the student of a teacher/student pair
         evaluator.run()
         metrics = evaluator.state.metrics
         results[f"{prefix}position_top1"] = float(metrics["val_position_top1"])

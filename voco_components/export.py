@@ -16,7 +16,7 @@ import torch
 from ignite.engine import Engine, Events
 from torch import nn
 
-from voco_components.checkpoint import atomic_save, atomic_save_text
+from voco_components.checkpoint import atomic_save, atomic_save_text, is_main_process
 
 __all__ = ["encoder_state", "export_encoder", "EncoderExportHandler"]
 
@@ -80,7 +80,7 @@ class EncoderExportHandler:
         engine.add_event_handler(Events.COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
-        if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank():
+        if not is_main_process():
             return
         info = {**self.info, "steps": engine.state.iteration, "metrics": _metrics_of(self.evaluator)}
         export_encoder(self.encoder.state_dict(), self.path, info)

@@ -13,18 +13,10 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform, Randomizable
 from monai.utils import convert_to_tensor
 
+from voco_components.data import volume_name
 from voco_components.labels import base_boxes, position_labels
 
 __all__ = ["VoCoCropd"]
-
-
-def _source_name(value: Any) -> str:
-    """A readable name for the volume, taken from its metadata when it has some."""
-    if isinstance(value, MetaTensor):
-        name = value.meta.get("filename_or_obj")
-        if name:
-            return f" of {name}"
-    return ""
 
 
 class VoCoCropd(Randomizable, MapTransform):
@@ -225,7 +217,7 @@ class VoCoCropd(Randomizable, MapTransform):
             image = convert_to_tensor(value.as_tensor() if isinstance(value, MetaTensor) else value, track_meta=False)
             if image.ndim != 4:
                 raise ValueError(
-                    f"VoCoCropd: '{key}'{_source_name(value)} must be a channel-first 3D volume (C, X, Y, Z), "
+                    f"VoCoCropd: '{key}' of {volume_name(value)} must be a channel-first 3D volume (C, X, Y, Z), "
                     f"got shape {tuple(image.shape)}."
                 )
             crops = self._crop(self._to_sampling_grid(image))
