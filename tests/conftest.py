@@ -2,16 +2,44 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
+from ignite.engine import Events
+from monai.bundle import ConfigWorkflow
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 BUNDLES = REPO / "bundles"
+
+# voco_pretrain at a size that trains in seconds on CPU
+PRETRAIN_TINY = {
+    "feature_size": 12,
+    "window_size": 4,
+    "projector_dim": 64,
+    "region_size": [64, 64, 32],
+    "grid": [2, 2, 1],
+    "roi_size": [32, 32, 32],
+    "num_crops": 2,
+    "val_num_crops": 4,
+    "val_repeats": 2,
+    "batch_size": 1,
+    "num_workers": 0,
+    "min_foreground_size": [16, 16, 8],
+    "max_steps": 4,
+    "val_every_steps": 2,
+    "checkpoint_interval": 2,
+    "warmup_steps": 1,
+}
 
 
 def write_ct(path: Path, shape=(80, 80, 24), spacing=(1.5, 1.5, 5.0), seed: int = 0) -> Path:
@@ -37,3 +65,124 @@ def schema_file(tmp_path_factory) -> Path:
     target = tmp_path_factory.mktemp("schema") / "schema.json"
     shutil.copy(SHARED / "schemas" / "meta_schema_20240725.json", target)
     return target
+
+
+def bundle_workflow(
+    bundle: str,
+    configs: Sequence[str] = ("train.json",),
+    workflow_type: str = "train",
+    initialize: bool = True,
+    **settings: Any,
+) -> ConfigWorkflow:
+    """A ``ConfigWorkflow`` of ``bundles/<bundle>`` over ``configs`` (merged in order), with ``settings`` as
+    config overrides, initialised unless ``initialize`` is False."""
+    folder = BUNDLES / bundle / "configs"
+    wf = ConfigWorkflow(
+        config_file=[str(folder / c) for c in configs],
+        meta_file=str(folder / "metadata.json"),
+        logging_file=str(folder / "logging.conf"),
+        workflow_type=workflow_type,
+        **settings,
+    )
+    if initialize:
+        wf.initialize()
+    return wf
+
+
+def record_losses(wf: ConfigWorkflow) -> list[float]:
+    """Attach a recorder of the per-step loss to the workflow's trainer (its output is decollated)."""
+    losses: list[float] = []
+    trainer = wf.parser.get_parsed_content("train#trainer")
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(float(e.state.output[0]["loss"])))
+    return losses
+
+
+@pytest.fixture(scope="session")
+def voco_encoder(tmp_path_factory) -> Path:
+    """``models/model.pt`` exported by a 4-step ``voco_pretrain`` run at feature_size 12, window 4 (the demo CTs)."""
+    root = tmp_path_factory.mktemp("voco_pretrain")
+    wf = bundle_workflow("voco_pretrain", bundle_root=str(root), **PRETRAIN_TINY)
+    wf.run()
+    wf.finalize()
+    return root / "models" / "model.pt"
+
+
+# every bundle folder: the Model Zoo checks and the packaging tests run once per bundle
+BUNDLE_NAMES = sorted(p.name for p in BUNDLES.iterdir() if p.is_dir())
+
+# Per bundle, the config overrides under which the Model Zoo checks and the packaging tests run it on CPU:
+# a small ``network_def``, the metadata entries that follow from it (``_meta_#...``) and whatever else its
+# workflows need to start in a scratch bundle_root. A bundle not listed here gets ``network_def#feature_size: 12``
+# when its inference ``network_def`` has one.
+CPU_OVERRIDES = {
+    "voco_pretrain": {"feature_size": 12, "_meta_#network_data_format#outputs#pred#num_channels": 16 * 12},
+    "voco_covid_cls": {"network_def#feature_size": 12, "pretrained": "null"},
+    "voco_btcv_seg": {
+        "feature_size": 12,
+        "pretrained": None,
+        "dataset_dir": "$str(voco_components.data.DEMO_DIR)",
+        "datalist": "$str(voco_components.data.DEMO_SEGMENTATION_DATALIST)",
+    },
+}
+
+
+def cpu_overrides(bundle: Path) -> dict:
+    """Config overrides (``id: value``; ``_meta_#...`` for metadata) that make ``bundle`` small and self-contained."""
+    if bundle.name in CPU_OVERRIDES:
+        return dict(CPU_OVERRIDES[bundle.name])
+    inference = bundle / "configs" / "inference.json"
+    network = json.loads(inference.read_text()).get("network_def") if inference.is_file() else None
+    return {"network_def#feature_size": 12} if isinstance(network, dict) and "feature_size" in network else {}
+
+
+KILL_SCRIPT = """
+import json, os, signal, sys
+from pathlib import Path
+from ignite.engine import Events
+sys.path.insert(0, {tests!r})
+from conftest import bundle_workflow, record_losses
+wf = bundle_workflow({bundle!r}, **{settings!r})
+losses = record_losses(wf)
+def dump(engine):
+    Path({log!r}).write_text(json.dumps({{"start": engine.state.iteration - len(losses), "losses": losses}}))
+    if engine.state.iteration == {kill_at}:
+        os.kill(os.getpid(), signal.SIGKILL)
+wf.parser.get_parsed_content("train#trainer").add_event_handler(Events.ITERATION_COMPLETED, dump)
+wf.run()
+"""
+
+
+def _train_in_subprocess(bundle: str, settings: dict, log: Path, kill_at: int) -> subprocess.CompletedProcess:
+    """Train ``bundle`` in a fresh Python process, recording its losses in ``log``; SIGKILL it after ``kill_at``."""
+    script = KILL_SCRIPT.format(
+        tests=str(Path(__file__).parent), bundle=bundle, settings=settings, log=str(log), kill_at=kill_at
+    )
+    return subprocess.run([sys.executable, "-c", script], cwd=log.parent, capture_output=True, text=True, timeout=900)
+
+
+def assert_resumes_exactly(tmp: Path, bundle: str, settings: dict, kill_at: int, checkpoint_at: int) -> None:
+    """Kill a run with SIGKILL after step ``kill_at`` and resume it: the resumed run restarts at the last
+    checkpoint (``checkpoint_at``) and repeats the losses and final weights of an uninterrupted run."""
+    full = bundle_workflow(bundle, **{**settings, "bundle_root": str(tmp / "full")})
+    full_losses = record_losses(full)
+    full.run()
+
+    killed_root = {**settings, "bundle_root": str(tmp / "killed")}
+    killed = _train_in_subprocess(bundle, {**killed_root, "resume": False}, tmp / "killed.json", kill_at)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    checkpoints = tmp / "killed" / "outputs" / "checkpoints"
+    for path in checkpoints.glob("*.pt"):  # every file on disk is complete
+        torch.load(path, weights_only=True)
+    assert not list(checkpoints.glob(".*tmp"))
+    record = json.loads((tmp / "killed.json").read_text())
+    assert record["losses"] == pytest.approx(full_losses[:kill_at], rel=1e-6)
+
+    resumed = _train_in_subprocess(bundle, {**killed_root, "resume": True}, tmp / "resumed.json", -1)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    record = json.loads((tmp / "resumed.json").read_text())
+    assert record["start"] == checkpoint_at
+    assert record["losses"] == pytest.approx(full_losses[checkpoint_at:], rel=1e-5)
+    final_full = torch.load(tmp / "full" / "models" / "model.pt", weights_only=True)
+    final_resumed = torch.load(tmp / "killed" / "models" / "model.pt", weights_only=True)
+    for key, value in final_full.items():
+        torch.testing.assert_close(final_resumed[key], value, rtol=1e-5, atol=1e-6)

@@ -334,3 +334,21 @@ def test_resumable_sampler_in_a_loader_resumes_at_the_step():
     sampler.set_start_step(3)
     batches = [b.tolist() for b in DataLoader(stream, batch_size=2, sampler=sampler, num_workers=0)]
     assert batches == [[19, 22]]
+
+
+def test_cache_key_follows_the_files_not_only_their_paths(tmp_path):
+    """A label replaced under the same path gets a new cache key; an unchanged entry keeps its key."""
+    import os
+
+    from voco_components.datasets import hash_entry_and_files
+
+    image, label = tmp_path / "a.nii.gz", tmp_path / "a_label.nii.gz"
+    image.write_bytes(b"image")
+    label.write_bytes(b"label")
+    entry = {"image": str(image), "label": str(label), "fold": 1}
+    first = hash_entry_and_files(entry)
+    assert hash_entry_and_files(dict(entry)) == first
+    label.write_bytes(b"a corrected label")
+    os.utime(label, ns=(1, 1))
+    assert hash_entry_and_files(entry) != first
+    assert hash_entry_and_files({**entry, "fold": 2}) != hash_entry_and_files(entry)

@@ -16,6 +16,7 @@ from monai.transforms import LoadImaged, MapTransform
 __all__ = [
     "DEMO_DIR",
     "DEMO_DATALIST",
+    "DEMO_SEGMENTATION_DATALIST",
     "VolumeError",
     "read_json",
     "load_datalists",
@@ -28,6 +29,8 @@ __all__ = [
 DEMO_DIR = Path(__file__).resolve().parent / "demo_data"
 """Two real chest CTs (pyradiomics test data, BSD-3-Clause), in-plane 1.5 mm, int16 HU; see its README.md."""
 DEMO_DATALIST = DEMO_DIR / "datalist.json"
+DEMO_SEGMENTATION_DATALIST = DEMO_DIR / "segmentation_datalist.json"
+"""The demo CTs with anatomy labels derived by HU thresholds: 1 lungs, 2 bone, 3 soft tissue."""
 
 
 class VolumeError(ValueError):

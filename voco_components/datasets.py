@@ -15,7 +15,7 @@ from torch.utils.data import DistributedSampler
 
 from voco_components.data import VolumeError
 
-__all__ = ["sample_seed", "VoCoStepDataset", "ResumableDistributedSampler"]
+__all__ = ["sample_seed", "hash_entry_and_files", "VoCoStepDataset", "ResumableDistributedSampler"]
 
 logger = logging.getLogger(__name__)
 ON_BAD_VOLUME = ("raise", "skip")
@@ -24,6 +24,26 @@ ON_BAD_VOLUME = ("raise", "skip")
 def sample_seed(seed: int, index: int) -> int:
     """A 32-bit seed for sample ``index`` of a stream seeded with ``seed`` (independent across indices)."""
     return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1)[0])
+
+
+def hash_entry_and_files(item: Any) -> bytes:
+    """Cache key of a datalist entry that also changes when one of its files changes.
+
+    ``PersistentDataset`` keys its cache on the entry alone by default, so an image or label file that
+    is replaced under the same path would keep being served from a stale cache. This adds the size
+    and modification time of every existing file the entry names.
+    """
+
+    def stats(value: Any) -> Any:
+        if isinstance(value, (list, tuple)):
+            return [stats(v) for v in value]
+        if isinstance(value, (str, Path)) and Path(value).is_file():
+            info = Path(value).stat()
+            return [str(value), info.st_size, info.st_mtime_ns]
+        return value
+
+    entry = {str(k): stats(v) for k, v in item.items()} if isinstance(item, dict) else stats(item)
+    return pickle_hashing(entry)
 
 
 def _volume_error(exc: BaseException) -> VolumeError | None:
@@ -55,7 +75,8 @@ class VoCoStepDataset(Dataset):
         num_samples: length of the stream (steps × global batch size for training).
         seed: seed of the stream.
         shuffle: a new volume order per pass.
-        cache_dir: on-disk cache of the preprocessed volumes; None to preprocess on every access.
+        cache_dir: on-disk cache of the preprocessed volumes (keyed by the entry, its files' size and
+            modification time, and the transforms); None to preprocess on every access.
         on_bad_volume: ``raise`` (default) stops at an unreadable or invalid volume with a
             :class:`VolumeError` naming it; ``skip`` logs it once and uses the next volume of the pass.
     """
@@ -77,7 +98,13 @@ class VoCoStepDataset(Dataset):
             raise ValueError(f"on_bad_volume must be one of {ON_BAD_VOLUME}, got {on_bad_volume!r}.")
         super().__init__(data=data, transform=transform)
         self.volumes = (
-            PersistentDataset(data=data, transform=transform, cache_dir=cache_dir, hash_transform=pickle_hashing)
+            PersistentDataset(
+                data=data,
+                transform=transform,
+                cache_dir=cache_dir,
+                hash_func=hash_entry_and_files,
+                hash_transform=pickle_hashing,
+            )
             if cache_dir is not None
             else Dataset(data=data, transform=transform)
         )

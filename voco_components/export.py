@@ -18,7 +18,7 @@ from torch import nn
 
 from voco_components.checkpoint import atomic_save, atomic_save_text, is_main_process
 
-__all__ = ["encoder_state", "export_encoder", "EncoderExportHandler"]
+__all__ = ["encoder_state", "export_encoder", "EncoderExportHandler", "ModelExportHandler"]
 
 _ENCODER_PREFIXES = ("student.encoder.", "module.student.encoder.", "encoder.", "module.encoder.")
 
@@ -84,6 +84,47 @@ class EncoderExportHandler:
             return
         info = {**self.info, "steps": engine.state.iteration, "metrics": _metrics_of(self.evaluator)}
         export_encoder(self.encoder.state_dict(), self.path, info)
+
+
+class ModelExportHandler:
+    """At the end of fine-tuning, export the deployable model to ``path`` (a flat state dict) with a sidecar.
+
+    The exported weights are those of ``best_checkpoint`` (written by
+    :class:`voco_components.checkpoint.BestMetricSaver`) when it exists, else the network as trained;
+    the sidecar says which, with ``info``, the steps trained and the best record. This is the
+    ``models/model.pt`` that ``inference.json``, ``monai.bundle.load`` and MONAI Label read.
+
+    Args:
+        network: the trained module (DDP unwrapped by the caller's ``network_def``).
+        path: target file, e.g. ``<bundle_root>/models/model.pt``.
+        best_checkpoint: ``<ckpt_dir>/checkpoint_best.pt`` (``{"network": state}``).
+        info: extra JSON-serialisable facts for the sidecar.
+    """
+
+    def __init__(
+        self, network: nn.Module, path: str | Path, best_checkpoint: str | Path, info: Mapping[str, Any] | None = None
+    ) -> None:
+        self.network = network
+        self.path = Path(path)
+        self.best_checkpoint = Path(best_checkpoint)
+        self.info = dict(info or {})
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        if not is_main_process():
+            return
+        info: dict[str, Any] = {**self.info, "steps": engine.state.iteration}
+        if self.best_checkpoint.is_file():
+            state = torch.load(self.best_checkpoint, map_location="cpu", weights_only=True)["network"]
+            record = self.best_checkpoint.with_suffix(".json")
+            info["weights"] = "best"
+            info["best"] = json.loads(record.read_text()) if record.is_file() else None
+        else:
+            state = self.network.state_dict()
+            info["weights"] = "final"
+        export_encoder(state, self.path, info)
 
 
 def main(checkpoint: str, output: str, sidecar_info: str | Mapping[str, Any] = "{}") -> None:

@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from monai.networks.nets import BasicUNet, SwinUNETR
 from torch import nn
 
-__all__ = ["pool_and_concat", "SwinEncoder", "UNetEncoder", "ProjectionHead", "VoCoNet", "VoCoTeacherStudent"]
+__all__ = [
+    "pool_and_concat",
+    "SwinEncoder",
+    "SwinClassifier",
+    "UNetEncoder",
+    "ProjectionHead",
+    "VoCoNet",
+    "VoCoTeacherStudent",
+]
 
 
 def pool_and_concat(feature_maps: list[torch.Tensor]) -> torch.Tensor:
@@ -88,6 +97,50 @@ class SwinEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return pool_and_concat(self.feature_maps(x))
+
+
+class SwinClassifier(SwinEncoder):
+    """A volume classifier: SwinUNETR's encoder, 3D global average pooling, dropout and a linear head.
+
+    The encoder tensors keep SwinUNETR's names (``swinViT.*``), so a VoCo export or a SwinUNETR
+    self-supervised checkpoint loads into it with :func:`voco_components.weights.load_pretrained`;
+    the head adds ``head.weight`` (num_classes, out_channels) and ``head.bias`` (num_classes,).
+
+    The head starts at zero, so the first logits are equal for every input and the first gradients
+    move the head towards features that separate the classes. A randomly initialised head instead
+    starts with logits that vary from volume to volume independently of the labels, and the quickest
+    way for the optimiser to reduce the loss is then to make the pooled (layer-normalised) features
+    constant: fine-tuning collapsed to predicting the class prior within a few steps.
+
+    Args:
+        num_classes: number of classes.
+        in_channels: input channels.
+        feature_size: SwinUNETR's feature size (48 for Swin-B as in the paper).
+        window_size: attention window.
+        dropout: dropout probability on the pooled embedding before the head.
+        encoder_kwargs: other :class:`SwinEncoder` arguments (``depths``, ``num_heads``,
+            ``use_checkpoint``, ``use_v2``, ``multiscale``).
+
+    Forward: (N, in_channels, D, H, W), each of D, H, W divisible by 32 -> logits (N, num_classes).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int = 1,
+        feature_size: int = 48,
+        window_size: int | Sequence[int] = 7,
+        dropout: float = 0.0,
+        **encoder_kwargs: Any,
+    ) -> None:
+        super().__init__(in_channels=in_channels, feature_size=feature_size, window_size=window_size, **encoder_kwargs)
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(self.out_channels, num_classes)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dropout(super().forward(x)))
 
 
 class UNetEncoder(nn.Module):

@@ -114,7 +114,8 @@ def load_pretrained(
     Args:
         network: e.g. ``SwinUNETR``, or any module with SwinUNETR's encoder names.
         path: a VoCo export (``models/model.pt``), a VoCo training or public VoCo / SwinUNETR
-            self-supervised checkpoint; None loads nothing (the from-scratch baseline) and returns None.
+            self-supervised checkpoint; None, or the string ``"null"`` that a bundle's command line
+            ``--pretrained null`` gives, loads nothing (the from-scratch baseline) and returns None.
         min_encoder_fraction: fail when fewer than this fraction of the network's encoder tensors
             (names starting with ``encoder_prefixes``) loaded.
         encoder_prefixes: which of the network's tensors count as the encoder.
@@ -130,12 +131,16 @@ def load_pretrained(
         FileNotFoundError: ``path`` does not exist.
         ValueError: less than ``min_encoder_fraction`` of the encoder loaded.
     """
-    if path is None:
-        logger.info("pretrained is None: training from scratch.")
+    if path is None or path == "null":
+        logger.info("pretrained is null: training from scratch.")
         return None
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: pretrained checkpoint not found.")
+        raise FileNotFoundError(
+            f"{path}: pretrained checkpoint not found. Run the voco_pretrain bundle first (its training "
+            "exports models/model.pt), point `pretrained` at another checkpoint, or set `--pretrained null` "
+            "to train from scratch."
+        )
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     source = normalise_state_dict(checkpoint, strip_prefixes)
     target = network.state_dict()

@@ -1,0 +1,314 @@
+"""bundles/voco_btcv_seg at tiny sizes: fine-tuning from a voco_pretrain export, evaluation, inference, errors."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from ignite.engine import Events
+from monai.bundle import ConfigWorkflow
+
+from conftest import BUNDLES, assert_resumes_exactly, bundle_workflow, record_losses, write_ct
+from voco_components.data import DEMO_DIR, DEMO_SEGMENTATION_DATALIST, VolumeError
+
+BUNDLE = BUNDLES / "voco_btcv_seg"
+CONFIGS = BUNDLE / "configs"
+CLASSES = ["background", "lungs", "bone", "soft tissue"]
+TINY = {
+    "class_names": CLASSES,
+    "feature_size": 12,
+    "window_size": 4,
+    "roi_size": [64, 64, 64],  # SwinUNETR's deepest instance norm needs a 2³ map when training
+    "num_samples": 1,
+    "sw_batch_size": 2,
+    "num_workers": 0,
+    "max_epochs": 2,
+    "val_interval": 1,
+    "checkpoint_interval": 1,
+    "warmup_steps": 1,
+    "pretrained": None,
+}
+
+
+def write_case(folder: Path, name: str, seed: int, shape=(64, 64, 20), affine: np.ndarray | None = None) -> dict:
+    """A synthetic CT (see ``write_ct``) and its label map by HU: 1 lungs, 2 bone, 3 other soft tissue."""
+    image = write_ct(folder / f"{name}_image.nii.gz", shape=shape, seed=seed)
+    ct = nib.load(str(image))
+    hu = np.asarray(ct.dataobj, dtype=np.float32)
+    labels = np.zeros(shape, dtype=np.uint8)
+    labels[hu > -300] = 3
+    labels[(hu < -500) & (hu > -900)] = 1
+    labels[hu > 400] = 2
+    affine = ct.affine if affine is None else affine
+    nib.save(nib.Nifti1Image(np.asarray(ct.dataobj), affine), str(image))
+    label = folder / f"{name}_label.nii.gz"
+    nib.save(nib.Nifti1Image(labels, affine), str(label))
+    return {"image": image.name, "label": label.name}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    """Two training and one validation synthetic cases with a decathlon-style datalist."""
+    folder = tmp_path_factory.mktemp("seg_data")
+    datalist = {
+        "training": [write_case(folder, "case0", 0), write_case(folder, "case1", 1)],
+        "validation": [write_case(folder, "case2", 2)],
+        "testing": [write_case(folder, "case2", 2)["image"]],
+    }
+    (folder / "datalist.json").write_text(json.dumps(datalist))
+    return folder
+
+
+def workflow(root: Path, data: Path, configs=("train.json",), workflow_type="train", **overrides) -> ConfigWorkflow:
+    settings = {"bundle_root": str(root), "dataset_dir": str(data), "datalist": str(data / "datalist.json")}
+    return bundle_workflow("voco_btcv_seg", configs, workflow_type, **{**settings, **TINY, **overrides})
+
+
+def test_bundle_files_exist():
+    for name in ("LICENSE", "large_files.yml", "docs/README.md", "docs/data_license.txt", "configs/logging.conf"):
+        assert (BUNDLE / name).is_file(), name
+    for name in ("train", "evaluate", "inference", "multi_gpu_train", "cpu_demo", "metadata"):
+        assert (CONFIGS / f"{name}.json").is_file(), name
+
+
+def test_defaults_are_the_papers_btcv_setup():
+    config = json.loads((CONFIGS / "train.json").read_text())
+    assert config["spacing"] == [1.5, 1.5, 1.5] and config["hu_range"] == [-175, 250]
+    assert config["roi_size"] == [96, 96, 96] and config["batch_size"] == 1 and config["sw_batch_size"] == 4
+    assert config["learning_rate"] == 3e-4 and config["weight_decay"] == 1e-5 and config["warmup_steps"] == 100
+    assert config["feature_size"] == 48 and len(config["class_names"]) == 14
+    assert "img_size" not in config["network_def"]  # removed from SwinUNETR in MONAI 1.5
+    meta = json.loads((CONFIGS / "metadata.json").read_text())
+    channels = meta["network_data_format"]["outputs"]["pred"]["channel_def"]
+    assert [channels[str(i)] for i in range(14)] == config["class_names"]
+
+
+def test_demo_anatomy_labels_are_real_structures():
+    """The shipped derived labels: lungs are air inside the body, bone is dense, soft tissue in between."""
+    digests = json.loads((DEMO_DIR / "sha256.json").read_text())
+    datalist = json.loads(DEMO_SEGMENTATION_DATALIST.read_text())
+    assert list(datalist["labels"].values()) == CLASSES
+    for case in ("lung1", "lung2"):
+        path = DEMO_DIR / f"{case}_anatomy.nii.gz"
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == digests[path.name]
+        image, labels = nib.load(str(DEMO_DIR / f"{case}_image.nii.gz")), nib.load(str(path))
+        assert np.allclose(image.affine, labels.affine) and image.shape == labels.shape
+        hu, lab = np.asarray(image.dataobj, dtype=np.float32), np.asarray(labels.dataobj)
+        assert hu[lab == 1].max() < -400 and hu[lab == 2].min() > 250
+        assert -300 < np.median(hu[lab == 3]) < 250  # fat to muscle
+        assert np.median(hu[lab == 0]) < -900  # the air around the body
+        assert 0.05 < (lab == 1).mean() < 0.3  # two lungs, not the outside air
+
+
+def test_train_and_infer_properties(tmp_path, dataset):
+    assert workflow(tmp_path, dataset).check_properties() == []
+    infer = workflow(tmp_path, dataset, ("inference.json",), "infer")
+    assert infer.check_properties() == []
+
+
+def test_epochs_drive_steps_schedule_and_stream(tmp_path, dataset):
+    """An override of train#trainer#max_epochs (as MONAI Label sends) sets the schedule and the stream length."""
+    wf = workflow(tmp_path, dataset, batch_size=1, **{"train#trainer#max_epochs": 3})
+    parser = wf.parser
+    assert parser.get_parsed_content("epoch_length") == 2  # two training volumes, batch 1
+    assert parser.get_parsed_content("total_steps") == 6
+    assert len(parser.get_parsed_content("train#dataset")) == 6
+    assert parser.get_parsed_content("lr_scheduler").t_total == 6
+
+
+def test_fine_tunes_from_a_voco_pretrain_export(tmp_path, dataset, voco_encoder):
+    wf = workflow(tmp_path, dataset, pretrained=str(voco_encoder))
+    _, report = wf.initialize()  # again, for the load report
+    exported = torch.load(voco_encoder, weights_only=True)
+    network = wf.parser.get_parsed_content("network_def")
+    encoder_keys = [k for k in network.state_dict() if k.startswith("swinViT.")]
+    assert report.encoder_fraction == 1.0 and set(encoder_keys) <= set(report.loaded)
+    assert not report.shape_mismatched and not report.unexpected
+    assert all(k.startswith(("decoder", "out.", "encoder")) for k in report.missing)
+    state = network.state_dict()
+    for key in report.loaded:
+        assert torch.equal(state[key], exported[key]), key
+
+    losses = record_losses(wf)
+    wf.run()
+    wf.finalize()
+    assert len(losses) == 4 and all(np.isfinite(losses))
+    model = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    assert set(model) == set(state)
+    info = json.loads((tmp_path / "models" / "model.json").read_text())
+    best = json.loads((tmp_path / "outputs" / "checkpoints" / "checkpoint_best.json").read_text())
+    assert info["weights"] == "best" and info["best"] == best and info["steps"] == 4
+    best_state = torch.load(tmp_path / "outputs" / "checkpoints" / "checkpoint_best.pt", weights_only=True)["network"]
+    assert all(torch.equal(model[k], best_state[k]) for k in model)
+
+    # evaluate.json: a per-class Dice table, checked against a hand-computed Dice of the evaluator's outputs
+    ev = workflow(tmp_path, dataset, ("train.json", "evaluate.json"))
+    evaluator = ev.parser.get_parsed_content("validate#evaluator")
+    captured: list[tuple[torch.Tensor, torch.Tensor]] = []
+    evaluator.add_event_handler(
+        Events.ITERATION_COMPLETED,
+        lambda e: captured.extend((o["pred"].bool(), o["label"].bool()) for o in e.state.output),
+    )
+    ev.run()
+    pred, label = captured[0]
+    expected = []
+    for c in range(1, len(CLASSES)):
+        inter, total = (pred[c] & label[c]).sum().item(), pred[c].sum().item() + label[c].sum().item()
+        expected.append(2 * inter / total if label[c].any() else float("nan"))
+    report_json = json.loads((tmp_path / "outputs" / "eval" / "dice.json").read_text())
+    assert [r["class"] for r in report_json["classes"]] == CLASSES[1:]
+    for row, value in zip(report_json["classes"], expected, strict=True):
+        assert (row["dice"] is None) if np.isnan(value) else row["dice"] == pytest.approx(value, abs=1e-5)
+    assert report_json["mean_dice"] == pytest.approx(np.nanmean(expected), abs=1e-5)
+    rows = list(csv.DictReader((tmp_path / "outputs" / "eval" / "dice.csv").open()))
+    assert [r["class"] for r in rows] == [*CLASSES[1:], "mean"]
+    assert float(rows[-1]["dice"]) == pytest.approx(np.nanmean(expected), abs=1e-5)
+
+
+def test_inference_writes_label_maps_on_the_input_grid(tmp_path):
+    """A non-RAS, anisotropic, shifted input: the label map keeps its shape and affine."""
+    data = tmp_path / "data"
+    affine = np.array([[-0.8, 0, 0, 30.0], [0, -0.9, 0, -12.0], [0, 0, 2.5, 100.0], [0, 0, 0, 1]])
+    case = write_case(data, "odd", seed=3, shape=(70, 60, 18), affine=affine)
+    (data / "datalist.json").write_text(json.dumps({"testing": [case["image"]]}))
+    network = workflow(tmp_path, data, ("inference.json",), "infer").parser.get_parsed_content("network_def")
+    (tmp_path / "models").mkdir()
+    torch.save(network.state_dict(), tmp_path / "models" / "model.pt")
+    wf = workflow(tmp_path, data, ("inference.json",), "infer")
+    wf.run()
+    outputs = list((tmp_path / "outputs" / "predictions").glob("*.nii.gz"))
+    assert [p.name for p in outputs] == ["odd_image_seg.nii.gz"]
+    source, result = nib.load(str(data / case["image"])), nib.load(str(outputs[0]))
+    assert result.shape == source.shape
+    np.testing.assert_allclose(result.affine, source.affine, atol=1e-4)
+    values = np.unique(np.asarray(result.dataobj))
+    assert set(values.tolist()) <= set(range(len(CLASSES))) and result.get_data_dtype() == np.uint8
+
+
+def test_a_missing_label_file_is_named(tmp_path, dataset):
+    broken = tmp_path / "data"
+    broken.mkdir()
+    datalist = json.loads((dataset / "datalist.json").read_text())
+    datalist["training"][0]["label"] = str(dataset / "no_such_label.nii.gz")
+    for entry in datalist["training"] + datalist["validation"]:
+        entry["image"] = str(dataset / entry["image"])
+        entry["label"] = str(dataset / entry["label"])
+    (broken / "datalist.json").write_text(json.dumps(datalist))
+    dataset_ = workflow(tmp_path, broken, max_epochs=1).parser.get_parsed_content("train#dataset")
+    with pytest.raises(VolumeError, match=f"{dataset / 'no_such_label.nii.gz'}: file not found"):
+        dataset_[0]
+
+
+def test_a_missing_pretrained_file_says_what_to_do(tmp_path, dataset):
+    with pytest.raises(RuntimeError) as info:  # the config expression wraps the loader's error
+        workflow(tmp_path, dataset, pretrained=str(tmp_path / "nowhere" / "model.pt"))
+    cause = info.value.__cause__
+    assert isinstance(cause, FileNotFoundError)
+    assert str(tmp_path / "nowhere" / "model.pt") in str(cause) and "voco_pretrain" in str(cause)
+
+
+def test_a_pretrained_encoder_of_another_size_is_refused(tmp_path, dataset, voco_encoder):
+    with pytest.raises(RuntimeError) as info:
+        workflow(tmp_path, dataset, pretrained=str(voco_encoder), feature_size=24)
+    assert isinstance(info.value.__cause__, ValueError)
+    assert "below the required 90%" in str(info.value.__cause__)
+
+
+# label values as each dataset stores them, for the synthetic classes 1 (lungs), 2 (bone), 3 (soft tissue)
+RAW_LABELS = {
+    "brats21.json": (1, 4, 2),  # necrosis, enhancing tumour, oedema
+    "lits.json": (1, 2, 0),  # liver, tumour
+    "mmwhs.json": (205, 850, 500),  # myocardium, pulmonary artery, left ventricle
+    "spleen.json": (1, 0, 0),
+}
+
+
+@pytest.mark.parametrize("overlay", sorted(p.name for p in (CONFIGS / "datasets").glob("*.json")))
+def test_dataset_overlays_build_and_train_one_step(tmp_path, overlay):
+    """Each dataset overlay: its channels and classes reach the network, the loss and one training step."""
+    config = json.loads((CONFIGS / "datasets" / overlay).read_text())
+    channels = config.get("in_channels", 1)
+    data = tmp_path / "data"
+    entries = []
+    for i in range(2):
+        case = write_case(data, f"c{i}", seed=i)
+        label = nib.load(str(data / case["label"]))
+        classes = np.asarray(label.dataobj)
+        raw = np.zeros(classes.shape, dtype=np.int16)
+        for synthetic, value in enumerate(RAW_LABELS[overlay], start=1):
+            raw[classes == synthetic] = value
+        nib.save(nib.Nifti1Image(raw, label.affine), str(data / case["label"]))
+        if channels > 1:  # an MRI-like multi-channel volume from the CT
+            image = nib.load(str(data / case["image"]))
+            stack = np.stack([np.asarray(image.dataobj, np.float32) + 1100 * (c + 1) for c in range(channels)], -1)
+            nib.save(nib.Nifti1Image(stack, image.affine), str(data / case["image"]))
+        entries.append(case)
+    (data / "datalist.json").write_text(json.dumps({"training": entries, "validation": entries[:1]}))
+    settings = {
+        **{k: v for k, v in TINY.items() if k != "class_names"},
+        "bundle_root": str(tmp_path),
+        "dataset_dir": str(data),
+        "datalist": str(data / "datalist.json"),
+        "max_epochs": 1,
+        "val_interval": 100,
+        "min_foreground_size": [8, 8, 8],
+    }
+    wf = bundle_workflow("voco_btcv_seg", ["train.json", f"datasets/{overlay}"], **settings)
+    assert wf.check_properties() == []
+    network = wf.parser.get_parsed_content("network_def")
+    assert network.swinViT.patch_embed.proj.in_channels == channels
+    assert network.out.conv.conv.out_channels == wf.parser.get_parsed_content("num_classes")
+    assert wf.parser.get_parsed_content("num_classes") == len(config["class_names"])
+    losses = record_losses(wf)
+    wf.run()
+    assert len(losses) == 2 and all(np.isfinite(losses))
+    batch = wf.parser.get_parsed_content("train#dataset")[0][0]
+    labels = batch["label"]
+    if config.get("dice_include_background"):  # BraTS: one binary channel per region, nested TC <= WT
+        assert labels.shape[0] == len(config["class_names"]) and bool((labels[0] <= labels[1]).all())
+    else:
+        assert set(torch.unique(labels).int().tolist()) <= set(range(len(config["class_names"])))
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_exactly(tmp_path, dataset):
+    """SIGKILL after step 5 (last checkpoint at step 4), then resume: steps 5 and 6 repeat the uninterrupted run."""
+    settings = {
+        **TINY,
+        "dataset_dir": str(dataset),
+        "datalist": str(dataset / "datalist.json"),
+        "max_epochs": 3,
+        "checkpoint_interval": 2,
+    }
+    assert_resumes_exactly(tmp_path, "voco_btcv_seg", settings, kill_at=5, checkpoint_at=4)
+
+
+@pytest.mark.slow
+def test_multi_gpu_config_trains_with_two_processes(tmp_path, dataset):
+    """multi_gpu_train.json under torchrun with 2 CPU processes (gloo): both ranks step, rank 0 exports."""
+    datalist = json.loads((dataset / "datalist.json").read_text())
+    datalist["validation"] = datalist["training"]  # one validation volume per rank
+    (tmp_path / "datalist.json").write_text(json.dumps(datalist))
+    overrides = {**TINY, "max_epochs": 1, "pretrained": None}
+    args = [f"--{k}={json.dumps(v).replace(' ', '')}" for k, v in overrides.items()]
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
+        "-m", "monai.bundle", "run",
+        "--config_file", f"['{CONFIGS / 'train.json'}','{CONFIGS / 'multi_gpu_train.json'}']",
+        "--meta_file", str(CONFIGS / "metadata.json"), "--logging_file", str(CONFIGS / "logging.conf"),
+        f"--bundle_root={tmp_path}", f"--dataset_dir={dataset}", f"--datalist={tmp_path / 'datalist.json'}", *args,
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "models" / "model.pt").is_file()
+    assert json.loads((tmp_path / "models" / "model.json").read_text())["steps"] == 1  # 2 volumes over 2 ranks

@@ -1,0 +1,261 @@
+"""bundles/voco_btcv_seg served by a real MONAI Label server: model info, inference, a label upload and training.
+
+MONAI Label 0.8.5 needs MONAI 1.5.2, numpy<2 and pydicom<3, so the server runs from its own virtual environment
+(``tools/monailabel_env.sh <venv>`` builds it); ``VOCO_MONAILABEL_PYTHON`` names that environment's python:
+
+    VOCO_MONAILABEL_PYTHON=<venv>/bin/python python -m pytest -q -m monailabel
+
+The server is the wheel's ``monaibundle`` sample app with a copy of the bundle at a small ``feature_size`` and
+random weights, on 127.0.0.1, offline, on CPU, with one embedded chest CT as its only study.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from conftest import BUNDLES
+from voco_components.data import DEMO_DIR, DEMO_SEGMENTATION_DATALIST
+
+pytestmark = [pytest.mark.monailabel, pytest.mark.slow]
+
+PYTHON = os.environ.get("VOCO_MONAILABEL_PYTHON")
+if not PYTHON:
+    pytest.skip(
+        "VOCO_MONAILABEL_PYTHON is not set: build the MONAI Label environment with tools/monailabel_env.sh <venv> "
+        "and set it to <venv>/bin/python",
+        allow_module_level=True,
+    )
+PYTHON = str(Path(PYTHON).absolute())  # the server and its helpers run in scratch folders
+VENV_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # nothing of this interpreter's path
+
+MODEL = "voco_btcv_seg"
+BUNDLE = BUNDLES / MODEL
+# the bundle's top-level knobs, shrunk so that a CPU sliding window and one training epoch take seconds
+SMALL = {"feature_size": 12, "window_size": 4, "roi_size": [64, 64, 64], "spacing": [3.0, 3.0, 3.0]}
+SMALL_INFERENCE = {**SMALL, "sw_batch_size": 2, "sw_overlap": 0.25}
+# no warm-up: the single step of a one-epoch run on one study would have learning rate 0 and change nothing
+SMALL_TRAIN = {**SMALL_INFERENCE, "pretrained": None, "num_samples": 1, "num_workers": 0, "warmup_steps": 0}
+STARTUP_S = 300
+INFER_S = 600
+TRAIN_S = 900
+
+CASE = json.loads(DEMO_SEGMENTATION_DATALIST.read_text())["training"][0]
+IMAGE_ID = CASE["image"].removesuffix(".nii.gz")  # the datastore names a study after its file
+
+
+def set_top_level(config: Path, values: dict) -> None:
+    """Set top-level ids of a bundle config; each must already exist, so that a renamed knob fails here."""
+    content = json.loads(config.read_text())
+    missing = sorted(set(values) - set(content))
+    if missing:
+        raise KeyError(f"{config} has no top-level {missing}")
+    content.update(values)
+    config.write_text(json.dumps(content, indent=4))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def multipart(fields: dict[str, str], files: dict[str, Path]) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+        for name, value in fields.items()
+    ]
+    for name, path in files.items():
+        head = (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{path.name}"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        )
+        parts.append(head.encode() + path.read_bytes() + b"\r\n")
+    parts.append(f"--{boundary}--\r\n".encode())
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
+
+
+class Server:
+    """A MONAI Label server process in its own process group, with its log."""
+
+    def __init__(self, url: str, process: subprocess.Popen, log: Path, app: Path, studies: Path) -> None:
+        self.url, self.process, self.log, self.app, self.studies = url, process, log, app, studies
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+    def call(self, method: str, path: str, *, body: bytes | None = None, content_type: str | None = None, timeout=60):
+        """The response body of ``method path``; an HTTP error fails with the server's answer and log."""
+        request = urllib.request.Request(self.url + path, data=body, method=method)
+        if content_type:
+            request.add_header("Content-Type", content_type)
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return response.read()
+        except urllib.error.HTTPError as error:
+            pytest.fail(
+                f"{method} {path}: HTTP {error.code} {error.read()[:2000]!r}\n--- server log:\n{self.log_tail()}"
+            )
+
+    def json(self, method: str, path: str, **kwargs):
+        return json.loads(self.call(method, path, **kwargs))
+
+    def stop(self) -> None:
+        """Stop the server and check that nothing it started outlives it."""
+        pgid = self.process.pid
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        deadline = time.monotonic() + 10
+        while group_alive(pgid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if group_alive(pgid):
+            os.killpg(pgid, signal.SIGKILL)
+            raise AssertionError(f"processes of the MONAI Label server (process group {pgid}) outlived it")
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def run_venv(*args: str, cwd: Path) -> None:
+    result = subprocess.run([PYTHON, *args], cwd=cwd, env=VENV_ENV, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, f"{args}: {result.stdout[-2000:]}{result.stderr[-4000:]}"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    assert Path(PYTHON).is_file(), f"VOCO_MONAILABEL_PYTHON: {PYTHON} is not a file"
+    work = tmp_path_factory.mktemp("monailabel")
+    run_venv(
+        "-m", "monailabel.main", "apps", "--download", "--name", "monaibundle", "--output", str(work / "apps"), cwd=work
+    )
+    app = work / "apps" / "monaibundle"
+    bundle = app / "model" / MODEL
+    shutil.copytree(BUNDLE, bundle, ignore=shutil.ignore_patterns("outputs", "eval", "models", "__pycache__"))
+    set_top_level(bundle / "configs" / "inference.json", SMALL_INFERENCE)
+    set_top_level(bundle / "configs" / "train.json", SMALL_TRAIN)
+    (bundle / "models").mkdir()
+    weights = (
+        "import sys, torch\n"
+        "from monai.bundle import ConfigParser\n"
+        "parser = ConfigParser()\n"
+        "parser.read_config(sys.argv[1])\n"
+        "torch.manual_seed(0)\n"
+        "torch.save(parser.get_parsed_content('network_def').state_dict(), sys.argv[2])\n"
+    )
+    run_venv("-c", weights, str(bundle / "configs" / "inference.json"), str(bundle / "models" / "model.pt"), cwd=work)
+
+    studies = work / "studies"
+    studies.mkdir()
+    shutil.copy(DEMO_DIR / CASE["image"], studies)
+
+    port = free_port()
+    env = {
+        **VENV_ENV,
+        "MONAI_LABEL_SESSION_PATH": str(work / "sessions"),
+        "MONAI_LABEL_TRACKING_ENABLED": "false",
+        "BUNDLE_DOWNLOAD_SRC": "github",
+    }
+    command = [PYTHON, "-m", "monailabel.main", "start_server", "--app", str(app), "--studies", str(studies)]
+    for key, value in (("models", MODEL), ("zoo_source", "github"), ("sam2", "false"), ("preload", "false")):
+        command += ["--conf", key, value]
+    command += ["--host", "127.0.0.1", "--port", str(port)]
+    log = work / "server.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            command, cwd=work, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    srv = Server(f"http://127.0.0.1:{port}", process, log, app, studies)
+    try:
+        deadline = time.monotonic() + STARTUP_S
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"the MONAI Label server exited with {process.returncode}:\n{srv.log_tail()}")
+            try:
+                with urllib.request.urlopen(srv.url + "/info/", timeout=10):
+                    break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                if time.monotonic() > deadline:
+                    pytest.fail(f"the MONAI Label server did not answer within {STARTUP_S} s:\n{srv.log_tail()}")
+                time.sleep(0.5)
+        yield srv
+    finally:
+        srv.stop()
+
+
+def organ_labels() -> dict[str, int]:
+    """The bundle's output channels by name, background left out, as MONAI Label names them."""
+    outputs = json.loads((BUNDLE / "configs" / "metadata.json").read_text())["network_data_format"]["outputs"]
+    return {name.lower(): int(idx) for idx, name in outputs["pred"]["channel_def"].items() if name != "background"}
+
+
+def test_info_lists_the_model_with_its_organ_labels(server):
+    info = server.json("GET", "/info/")
+    organs = organ_labels()
+    assert MODEL in info["models"], f"models served: {sorted(info['models'])}\n{server.log_tail()}"
+    model = info["models"][MODEL]
+    assert model["type"] == "segmentation"
+    assert model["labels"] == organs
+    assert len(organs) == 13
+    assert MODEL in info["trainers"]
+
+
+def test_inference_returns_a_label_map_on_the_input_grid(server, tmp_path):
+    body, content_type = multipart({"params": json.dumps({"device": "cpu"})}, {})
+    answer = server.call(
+        "POST", f"/infer/{MODEL}?image={IMAGE_ID}&output=image", body=body, content_type=content_type, timeout=INFER_S
+    )
+    prediction = tmp_path / "prediction.nii.gz"
+    prediction.write_bytes(answer)
+    label_map, study = nib.load(prediction), nib.load(server.studies / CASE["image"])
+    assert label_map.shape == study.shape
+    np.testing.assert_allclose(label_map.affine, study.affine, atol=1e-3)
+    values = np.unique(np.asarray(label_map.dataobj))
+    assert np.array_equal(values, np.round(values)), values
+    assert values.min() >= 0 and values.max() <= max(organ_labels().values()), values
+
+
+def test_training_on_an_uploaded_label_changes_the_weights(server):
+    body, content_type = multipart({"params": "{}"}, {"label": DEMO_DIR / CASE["label"]})
+    server.call("PUT", f"/datastore/label?image={IMAGE_ID}&tag=final", body=body, content_type=content_type)
+    assert server.json("GET", "/datastore/?output=stats")["label_tags"] == {"final": 1}
+
+    weights = server.app / "model" / MODEL / "models" / "model.pt"
+    before = torch.load(weights, map_location="cpu", weights_only=True)
+    request = {"max_epochs": 1, "val_split": 0.0, "device": "cpu", "multi_gpu": False}
+    server.call("POST", f"/train/{MODEL}", body=json.dumps(request).encode(), content_type="application/json")
+    deadline = time.monotonic() + TRAIN_S
+    status = server.json("GET", "/train/")
+    while status.get("status") not in ("DONE", "ERROR") and time.monotonic() < deadline:
+        time.sleep(1)
+        status = server.json("GET", "/train/")
+    details = "\n".join(status.get("details", [])[-40:])
+    assert status.get("status") == "DONE", f"training ended as {status.get('status')}:\n{details}\n{server.log_tail()}"
+
+    after = torch.load(weights, map_location="cpu", weights_only=True)
+    assert after.keys() == before.keys()
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert changed, "one training epoch left models/model.pt unchanged"
