@@ -8,7 +8,14 @@ import torch
 from monai.networks.nets import BasicUNet, SwinUNETR
 from torch import nn
 
-from voco_components.networks import ProjectionHead, SwinEncoder, UNetEncoder, VoCoNet, VoCoTeacherStudent
+from voco_components.networks import (
+    ProjectionHead,
+    SwinClassifier,
+    SwinEncoder,
+    UNetEncoder,
+    VoCoNet,
+    VoCoTeacherStudent,
+)
 
 FS = 12  # tiny Swin: feature_size 12, window 4
 UNET_FEATURES = (4, 4, 8, 8, 16, 4)
@@ -286,3 +293,19 @@ def test_voconet_defaults_to_the_papers_swin_b_encoder():
     net = VoCoNet()
     assert isinstance(net.encoder, SwinEncoder) and net.encoder.out_channels == 16 * 48
     assert net.projector.layers[0].in_features == 768 and net.projector.layers[-1].out_features == 2048
+
+
+def test_swin_classifier_is_the_encoder_embedding_through_a_linear_head():
+    """Logits = head(pooled last-stage embedding); the encoder keeps SwinUNETR's names, so an encoder state loads."""
+    torch.manual_seed(0)
+    encoder = SwinEncoder(feature_size=12, window_size=4).eval()
+    classifier = SwinClassifier(num_classes=3, feature_size=12, window_size=4, dropout=0.5).eval()
+    result = classifier.load_state_dict(encoder.state_dict(), strict=False)
+    assert sorted(result.missing_keys) == ["head.bias", "head.weight"] and not result.unexpected_keys
+    x = torch.rand(2, 1, 64, 64, 64)
+    with torch.no_grad():
+        logits = classifier(x)
+        expected = encoder(x) @ classifier.head.weight.T + classifier.head.bias
+    assert logits.shape == (2, 3)
+    torch.testing.assert_close(logits, expected)
+    assert classifier.head.in_features == 16 * 12
