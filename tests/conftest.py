@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -133,6 +134,25 @@ def cpu_overrides(bundle: Path) -> dict:
     inference = bundle / "configs" / "inference.json"
     network = json.loads(inference.read_text()).get("network_def") if inference.is_file() else None
     return {"network_def#feature_size": 12} if isinstance(network, dict) and "feature_size" in network else {}
+
+
+def run_bundle_cli(
+    bundle: str, configs: Sequence[str], overrides: dict[str, Any], processes: int = 1, timeout: int = 900
+) -> subprocess.CompletedProcess:
+    """``python -m monai.bundle run training`` of ``bundles/<bundle>`` over ``configs`` (merged in order), with
+    ``overrides`` as ``--id=<json>`` flags; with ``processes`` > 1 under ``torchrun`` on this host, one thread each."""
+    folder = BUNDLES / bundle / "configs"
+    launcher = [sys.executable]
+    if processes > 1:
+        launcher += ["-m", "torch.distributed.run", "--standalone", "--nnodes=1", f"--nproc_per_node={processes}"]
+    command = [
+        *launcher, "-m", "monai.bundle", "run", "training",
+        "--config_file", str([str(folder / c) for c in configs]),
+        "--meta_file", str(folder / "metadata.json"), "--logging_file", str(folder / "logging.conf"),
+        *(f"--{k}={json.dumps(v).replace(' ', '')}" for k, v in overrides.items()),
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"} if processes > 1 else None
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 KILL_SCRIPT = """

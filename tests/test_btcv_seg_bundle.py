@@ -5,9 +5,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -17,7 +14,7 @@ import torch
 from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
 
-from conftest import BUNDLES, assert_resumes_exactly, bundle_workflow, record_losses, write_ct
+from conftest import BUNDLES, assert_resumes_exactly, bundle_workflow, record_losses, run_bundle_cli, write_ct
 from voco_components.data import DEMO_DIR, DEMO_SEGMENTATION_DATALIST, VolumeError
 
 BUNDLE = BUNDLES / "voco_btcv_seg"
@@ -298,17 +295,15 @@ def test_multi_gpu_config_trains_with_two_processes(tmp_path, dataset):
     datalist = json.loads((dataset / "datalist.json").read_text())
     datalist["validation"] = datalist["training"]  # one validation volume per rank
     (tmp_path / "datalist.json").write_text(json.dumps(datalist))
-    overrides = {**TINY, "max_epochs": 1, "pretrained": None}
-    args = [f"--{k}={json.dumps(v).replace(' ', '')}" for k, v in overrides.items()]
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
-        "-m", "monai.bundle", "run",
-        "--config_file", f"['{CONFIGS / 'train.json'}','{CONFIGS / 'multi_gpu_train.json'}']",
-        "--meta_file", str(CONFIGS / "metadata.json"), "--logging_file", str(CONFIGS / "logging.conf"),
-        f"--bundle_root={tmp_path}", f"--dataset_dir={dataset}", f"--datalist={tmp_path / 'datalist.json'}", *args,
-    ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
+    overrides = {
+        **TINY,
+        "max_epochs": 1,
+        "pretrained": None,
+        "bundle_root": str(tmp_path),
+        "dataset_dir": str(dataset),
+        "datalist": str(tmp_path / "datalist.json"),
+    }
+    result = run_bundle_cli("voco_btcv_seg", ["train.json", "multi_gpu_train.json"], overrides, processes=2)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "models" / "model.pt").is_file()
     assert json.loads((tmp_path / "models" / "model.json").read_text())["steps"] == 1  # 2 volumes over 2 ranks

@@ -1,12 +1,13 @@
-"""bundles/voco_btcv_seg served by a real MONAI Label server: model info, inference, a label upload and training.
+"""The bundles served by a real MONAI Label server: model info, inference, a label upload and training.
 
 MONAI Label 0.8.5 needs MONAI 1.5.2, numpy<2 and pydicom<3, so the server runs from its own virtual environment
 (``tools/monailabel_env.sh <venv>`` builds it); ``VOCO_MONAILABEL_PYTHON`` names that environment's python:
 
     VOCO_MONAILABEL_PYTHON=<venv>/bin/python python -m pytest -q -m monailabel
 
-The server is the wheel's ``monaibundle`` sample app with a copy of the bundle at a small ``feature_size`` and
-random weights, on 127.0.0.1, offline, on CPU, with one embedded chest CT as its only study.
+Two servers run on 127.0.0.1, offline, on CPU, each with copies of the bundles at a small ``feature_size`` and
+random weights: the wheel's ``monaibundle`` sample app serving voco_btcv_seg (one embedded chest CT as its only
+study), and this project's ``monailabel_app``, which serves voco_covid_cls as a classification model next to it.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import BUNDLES
+from conftest import BUNDLES, REPO, bundle_workflow
+from voco_components import demo_covid
 from voco_components.data import DEMO_DIR, DEMO_SEGMENTATION_DATALIST
 
 pytestmark = [pytest.mark.monailabel, pytest.mark.slow]
@@ -145,18 +147,13 @@ def run_venv(*args: str, cwd: Path) -> None:
     assert result.returncode == 0, f"{args}: {result.stdout[-2000:]}{result.stderr[-4000:]}"
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    assert Path(PYTHON).is_file(), f"VOCO_MONAILABEL_PYTHON: {PYTHON} is not a file"
-    work = tmp_path_factory.mktemp("monailabel")
-    run_venv(
-        "-m", "monailabel.main", "apps", "--download", "--name", "monaibundle", "--output", str(work / "apps"), cwd=work
-    )
-    app = work / "apps" / "monaibundle"
-    bundle = app / "model" / MODEL
-    shutil.copytree(BUNDLE, bundle, ignore=shutil.ignore_patterns("outputs", "eval", "models", "__pycache__"))
-    set_top_level(bundle / "configs" / "inference.json", SMALL_INFERENCE)
-    set_top_level(bundle / "configs" / "train.json", SMALL_TRAIN)
+def install_bundle(app: Path, name: str, inference: dict, train: dict | None = None) -> Path:
+    """Copy ``bundles/<name>`` into ``<app>/model/<name>`` with small top-level settings and random weights."""
+    bundle = app / "model" / name
+    shutil.copytree(BUNDLES / name, bundle, ignore=shutil.ignore_patterns("outputs", "eval", "models", "__pycache__"))
+    set_top_level(bundle / "configs" / "inference.json", inference)
+    if train is not None:
+        set_top_level(bundle / "configs" / "train.json", train)
     (bundle / "models").mkdir()
     weights = (
         "import sys, torch\n"
@@ -164,14 +161,18 @@ def server(tmp_path_factory):
         "parser = ConfigParser()\n"
         "parser.read_config(sys.argv[1])\n"
         "torch.manual_seed(0)\n"
-        "torch.save(parser.get_parsed_content('network_def').state_dict(), sys.argv[2])\n"
+        "network = parser.get_parsed_content('network_def')\n"
+        "for name, value in network.named_parameters():\n"
+        "    if name.startswith('head.'):  # a classifier's head starts at zero: give it random values too\n"
+        "        torch.nn.init.normal_(value, std=0.05)\n"
+        "torch.save(network.state_dict(), sys.argv[2])\n"
     )
-    run_venv("-c", weights, str(bundle / "configs" / "inference.json"), str(bundle / "models" / "model.pt"), cwd=work)
+    run_venv("-c", weights, str(bundle / "configs" / "inference.json"), str(bundle / "models" / "model.pt"), cwd=app)
+    return bundle
 
-    studies = work / "studies"
-    studies.mkdir()
-    shutil.copy(DEMO_DIR / CASE["image"], studies)
 
+def start_server(work: Path, app: Path, studies: Path, models: list[str]) -> Server:
+    """Start MONAI Label on 127.0.0.1 serving ``models`` from ``app``, and wait until it answers ``/info/``."""
     port = free_port()
     env = {
         **VENV_ENV,
@@ -180,7 +181,7 @@ def server(tmp_path_factory):
         "BUNDLE_DOWNLOAD_SRC": "github",
     }
     command = [PYTHON, "-m", "monailabel.main", "start_server", "--app", str(app), "--studies", str(studies)]
-    for key, value in (("models", MODEL), ("zoo_source", "github"), ("sam2", "false"), ("preload", "false")):
+    for key, value in (("models", ",".join(models)), ("zoo_source", "github"), ("sam2", "false"), ("preload", "false")):
         command += ["--conf", key, value]
     command += ["--host", "127.0.0.1", "--port", str(port)]
     log = work / "server.log"
@@ -188,22 +189,40 @@ def server(tmp_path_factory):
         process = subprocess.Popen(
             command, cwd=work, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
-    srv = Server(f"http://127.0.0.1:{port}", process, log, app, studies)
+    server = Server(f"http://127.0.0.1:{port}", process, log, app, studies)
+    deadline = time.monotonic() + STARTUP_S
     try:
-        deadline = time.monotonic() + STARTUP_S
         while True:
             if process.poll() is not None:
-                pytest.fail(f"the MONAI Label server exited with {process.returncode}:\n{srv.log_tail()}")
+                pytest.fail(f"the MONAI Label server exited with {process.returncode}:\n{server.log_tail()}")
             try:
-                with urllib.request.urlopen(srv.url + "/info/", timeout=10):
-                    break
+                with urllib.request.urlopen(server.url + "/info/", timeout=10):
+                    return server
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 if time.monotonic() > deadline:
-                    pytest.fail(f"the MONAI Label server did not answer within {STARTUP_S} s:\n{srv.log_tail()}")
+                    pytest.fail(f"the MONAI Label server did not answer within {STARTUP_S} s:\n{server.log_tail()}")
                 time.sleep(0.5)
-        yield srv
-    finally:
-        srv.stop()
+    except BaseException:
+        server.stop()
+        raise
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """MONAI Label's own ``monaibundle`` sample app serving voco_btcv_seg, with one embedded chest CT."""
+    assert Path(PYTHON).is_file(), f"VOCO_MONAILABEL_PYTHON: {PYTHON} is not a file"
+    work = tmp_path_factory.mktemp("monailabel")
+    run_venv(
+        "-m", "monailabel.main", "apps", "--download", "--name", "monaibundle", "--output", str(work / "apps"), cwd=work
+    )
+    app = work / "apps" / "monaibundle"
+    install_bundle(app, MODEL, SMALL_INFERENCE, SMALL_TRAIN)
+    studies = work / "studies"
+    studies.mkdir()
+    shutil.copy(DEMO_DIR / CASE["image"], studies)
+    srv = start_server(work, app, studies, [MODEL])
+    yield srv
+    srv.stop()
 
 
 def organ_labels() -> dict[str, int]:
@@ -259,3 +278,68 @@ def test_training_on_an_uploaded_label_changes_the_weights(server):
     assert after.keys() == before.keys()
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     assert changed, "one training epoch left models/model.pt unchanged"
+
+
+# ---------------------------------------------------------------- the project's own app: both task types
+
+CLASSIFIER = "voco_covid_cls"
+SMALL_CLASSIFIER = {"feature_size": 12, "window_size": 4, "spatial_size": [32, 32, 32]}
+
+
+@pytest.fixture(scope="module")
+def voco_app(tmp_path_factory):
+    """monailabel_app serving voco_btcv_seg and voco_covid_cls, with one synthetic demo volume of each class."""
+    assert Path(PYTHON).is_file(), f"VOCO_MONAILABEL_PYTHON: {PYTHON} is not a file"
+    work = tmp_path_factory.mktemp("voco_app")
+    app = work / "voco_app"
+    shutil.copytree(REPO / "monailabel_app", app, ignore=shutil.ignore_patterns("__pycache__", "model"))
+    install_bundle(app, MODEL, SMALL_INFERENCE, SMALL_TRAIN)
+    install_bundle(app, CLASSIFIER, SMALL_CLASSIFIER)
+    demo = Path(demo_covid.demo_covid_dir(work / "covid_demo", patients_per_class=1))
+    studies = work / "studies"
+    studies.mkdir()
+    for entry in json.loads((demo / "datalist.json").read_text())["training"]:
+        if entry["image"].endswith(f"_{demo_covid.SOURCES[0]}.nii.gz"):
+            shutil.copy(demo / entry["image"], studies)
+    srv = start_server(work, app, studies, [MODEL, CLASSIFIER])
+    yield srv
+    srv.stop()
+
+
+def test_voco_app_serves_each_bundle_with_the_task_its_metadata_asks_for(voco_app):
+    info = voco_app.json("GET", "/info/")
+    assert info["models"][CLASSIFIER]["type"] == "classification"
+    assert info["models"][CLASSIFIER]["labels"] == {"ncp": 0, "cp": 1, "normal": 2}
+    assert info["models"][MODEL]["type"] == "segmentation"
+    assert info["models"][MODEL]["labels"] == organ_labels()
+    assert MODEL in info["trainers"] and CLASSIFIER not in info["trainers"]
+
+
+def test_voco_app_classifies_a_volume_as_the_bundle_itself_does(voco_app, tmp_path):
+    """The server's class scores are the softmax probabilities that the bundle's own inference.json computes
+    (MONAI 1.6 in this environment) from the same weights and volume."""
+    study = sorted(voco_app.studies.glob("*.nii.gz"))[0]
+    body, content_type = multipart({"params": json.dumps({"device": "cpu"})}, {})
+    image_id = study.name.removesuffix(".nii.gz")
+    answer = json.loads(
+        voco_app.call("POST", f"/infer/{CLASSIFIER}?image={image_id}&output=json", body=body, content_type=content_type)
+    )
+    scores = {row["label"]: row["score"] for row in answer["prediction"]}
+    assert list(scores) == ["ncp", "cp", "normal"]
+    assert sum(scores.values()) == pytest.approx(1.0, abs=1e-5)
+    assert max(scores.values()) - min(scores.values()) > 0.01  # not the uniform answer of a zero head
+
+    bundle = voco_app.app / "model" / CLASSIFIER
+    wf = bundle_workflow(
+        CLASSIFIER,
+        ("inference.json",),
+        "infer",
+        bundle_root=str(tmp_path),
+        checkpoint=str(bundle / "models" / "model.pt"),
+        data=[{"image": str(study)}],
+        inference_dir=str(tmp_path),
+        **SMALL_CLASSIFIER,
+    )
+    wf.run()
+    expected = json.loads((tmp_path / "probabilities.json").read_text())["volumes"][0]["probabilities"]
+    assert [scores[name.lower()] for name in expected] == pytest.approx(list(expected.values()), abs=1e-4)

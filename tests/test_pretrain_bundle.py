@@ -6,7 +6,6 @@ The Model Zoo checks that every bundle must pass (files, metadata, JSON format, 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +15,15 @@ import torch
 from monai.bundle import ConfigWorkflow
 from monai.networks.nets import SwinUNETR
 
-from conftest import BUNDLES, PRETRAIN_TINY, assert_resumes_exactly, bundle_workflow, record_losses, write_ct
+from conftest import (
+    BUNDLES,
+    PRETRAIN_TINY,
+    assert_resumes_exactly,
+    bundle_workflow,
+    record_losses,
+    run_bundle_cli,
+    write_ct,
+)
 from voco_components.data import DEMO_DATALIST, DEMO_DIR, VolumeError
 
 BUNDLE = BUNDLES / "voco_pretrain"
@@ -128,16 +135,8 @@ def test_cli_training_id_and_evaluate_and_inference(tmp_path):
 
 @pytest.mark.slow
 def test_multi_gpu_config_runs_ddp_on_cpu_with_two_processes(tmp_path):
-    overrides = {**TINY, "max_steps": 2, "val_every_steps": 2}
-    flags = " ".join(f"--{k} {json.dumps(v).replace(' ', '')}" for k, v in overrides.items())
-    configs = f"\"['{CONFIGS / 'train.json'}','{CONFIGS / 'multi_gpu_train.json'}']\""
-    cmd = (
-        f"{sys.executable} -m torch.distributed.run --standalone --nnodes=1 --nproc_per_node=2 -m monai.bundle run "
-        f"--config_file {configs} --meta_file {CONFIGS / 'metadata.json'} --logging_file {CONFIGS / 'logging.conf'} "
-        f"--bundle_root {tmp_path} {flags}"
-    )
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=600, env=env)
+    overrides = {**TINY, "bundle_root": str(tmp_path), "max_steps": 2, "val_every_steps": 2}
+    result = run_bundle_cli("voco_pretrain", ["train.json", "multi_gpu_train.json"], overrides, processes=2)
     assert result.returncode == 0, result.stderr[-3000:]
     state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
     assert all(not k.startswith("module.") for k in state)

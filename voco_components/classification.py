@@ -1,0 +1,345 @@
+"""Volume classification: k-fold datalists, one-vs-rest AUC, confusion matrix, and the Ignite handlers that
+write the evaluation report and the per-volume class probabilities (JSON and CSV, atomically)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+
+from voco_components.ccii import fold_split
+from voco_components.checkpoint import atomic_save_text, is_main_process
+from voco_components.data import load_datalists
+from voco_components.reports import json_number, write_class_table
+
+__all__ = [
+    "SUBSETS",
+    "load_classification_datalist",
+    "one_vs_rest_auc",
+    "confusion_matrix",
+    "write_probabilities",
+    "ClassificationReport",
+    "ProbabilityWriter",
+]
+
+logger = logging.getLogger(__name__)
+
+SUBSETS = ("training", "validation")
+
+
+def _check_labels(
+    entries: list[dict[str, Any]], source: str, num_classes: int | None, require_labels: bool
+) -> list[dict[str, Any]]:
+    """Every present ``label`` is an integer class index below ``num_classes``; required when ``require_labels``."""
+    for entry in entries:
+        if "label" not in entry:
+            if require_labels:
+                raise ValueError(f"{source}: entry {entry['image']} has no 'label' (an integer class index).")
+            continue
+        label = entry["label"]
+        if isinstance(label, bool) or not isinstance(label, int):
+            raise ValueError(
+                f"{source}: entry {entry['image']} has label {label!r}; labels must be integer class indices."
+            )
+        if label < 0 or (num_classes is not None and label >= num_classes):
+            allowed = "0 or more" if num_classes is None else f"0..{num_classes - 1}"
+            raise ValueError(f"{source}: entry {entry['image']} has label {label}, outside {allowed}.")
+    return entries
+
+
+def load_classification_datalist(
+    datalist: str | Path | Sequence[str | Path],
+    dataset_dir: str | Path,
+    subset: str = "training",
+    fold: int | str | None = None,
+    num_classes: int | None = None,
+    require_labels: bool = True,
+) -> list[dict[str, Any]]:
+    """The ``training`` or ``validation`` entries of a classification datalist, image paths made absolute.
+
+    Args:
+        datalist: with ``fold`` None, one or several decathlon-style JSON files whose ``subset`` lists are
+            merged (:func:`voco_components.data.load_datalists`); with a ``fold``, one k-fold datalist as
+            written by :func:`voco_components.ccii.convert_dataset` (``fold0`` ... ``fold<k-1>``).
+        dataset_dir: folder that relative image paths resolve against.
+        subset: ``training`` or ``validation``; with a ``fold``, validation is that fold and training
+            all the other folds (:func:`voco_components.ccii.fold_split`).
+        fold: the held-out fold, or None (or the string ``"null"`` that a bundle's command line
+            ``--fold null`` gives) to read the ``subset`` list itself.
+        num_classes: labels must lie in 0..num_classes-1 (not checked when None).
+        require_labels: every entry needs a ``label``; False accepts entries without one (inference).
+
+    Returns:
+        entries ``{"image": absolute path, "label": int, ...}`` in datalist order.
+
+    Raises:
+        FileNotFoundError: a datalist does not exist.
+        ValueError: an unknown ``subset``, several datalists with a ``fold``, a missing ``fold`` or list,
+            or a label that is missing, not an integer, or out of range; the message names the datalist.
+    """
+    if subset not in SUBSETS:
+        raise ValueError(f"subset must be one of {SUBSETS}, got {subset!r}.")
+    if fold is None or fold == "null":
+        entries = load_datalists(datalist, dataset_dir, subset)
+        source = str(datalist)
+    else:
+        if not isinstance(datalist, (str, Path)):
+            raise ValueError(f"a fold is read from one k-fold datalist, got {len(datalist)}: {list(datalist)}.")
+        train, val = fold_split(datalist, fold)
+        entries = [
+            {**entry, "image": str(Path(dataset_dir) / entry["image"])}
+            for entry in (train if subset == "training" else val)
+        ]
+        source = f"{datalist} (fold {fold})"
+    return _check_labels(entries, source, num_classes, require_labels)
+
+
+def _average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks of ``values`` (N,), ties sharing their mean rank."""
+    order = np.argsort(values, kind="mergesort")
+    ordered = values[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(ordered)) + 1]
+    ends = np.r_[starts[1:], len(values)]
+    ranks = np.empty(len(values), dtype=np.float64)
+    ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
+    return ranks
+
+
+def one_vs_rest_auc(probabilities: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Area under the ROC curve of each class against the others (Mann-Whitney U, ties count one half).
+
+    Args:
+        probabilities: (N, C) class scores.
+        labels: (N,) class indices.
+
+    Returns:
+        (C,) AUCs; NaN for a class that has no positive or no negative volume.
+    """
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    labels = np.asarray(labels)
+    aucs = np.full(probabilities.shape[1], np.nan)
+    for c in range(probabilities.shape[1]):
+        positive = labels == c
+        n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+        if n_pos and n_neg:
+            rank_sum = _average_ranks(probabilities[:, c])[positive].sum()
+            aucs[c] = (rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
+    return aucs
+
+
+def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
+    """(num_classes, num_classes) counts: row = true class, column = predicted class."""
+    labels, predictions = np.asarray(labels, dtype=np.int64), np.asarray(predictions, dtype=np.int64)
+    return np.bincount(labels * num_classes + predictions, minlength=num_classes**2).reshape(num_classes, num_classes)
+
+
+def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """Elementwise numerator / denominator, NaN where the denominator is 0."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(denominator > 0, numerator / np.maximum(denominator, 1), np.nan)
+
+
+def write_probabilities(
+    output_dir: str | Path,
+    stem: str,
+    class_names: Sequence[str],
+    images: Sequence[str],
+    probabilities: np.ndarray,
+    labels: np.ndarray | None = None,
+) -> tuple[Path, Path]:
+    """Write one row per volume to ``<stem>.csv`` and ``<stem>.json`` (atomically).
+
+    CSV columns: ``image``, ``prob_<class>`` for every class, ``prediction`` (the most probable class)
+    and, with ``labels``, ``label``. The JSON holds ``class_names`` and ``volumes``: per volume ``image``,
+    ``probabilities`` (class name -> probability), ``prediction`` and, with labels, ``label``.
+
+    Args:
+        output_dir: folder of the two files.
+        stem: file name without extension.
+        class_names: names of the C classes.
+        images: the N input paths.
+        probabilities: (N, C).
+        labels: (N,) class indices, or None.
+
+    Returns:
+        the CSV and JSON paths.
+    """
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    predictions = probabilities.argmax(axis=1) if len(probabilities) else np.zeros(0, dtype=np.int64)
+    volumes = []
+    for i, image in enumerate(images):
+        volume: dict[str, Any] = {
+            "image": str(image),
+            "probabilities": {name: float(p) for name, p in zip(class_names, probabilities[i], strict=True)},
+            "prediction": class_names[int(predictions[i])],
+        }
+        if labels is not None:
+            volume["label"] = class_names[int(labels[i])]
+        volumes.append(volume)
+    buffer = io.StringIO()
+    columns = ["image", *(f"prob_{name}" for name in class_names), "prediction"] + (
+        ["label"] if labels is not None else []
+    )
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    for volume in volumes:
+        label = [volume["label"]] if labels is not None else []
+        writer.writerow(
+            [volume["image"], *(repr(p) for p in volume["probabilities"].values()), volume["prediction"], *label]
+        )
+    output_dir = Path(output_dir)
+    csv_path, json_path = output_dir / f"{stem}.csv", output_dir / f"{stem}.json"
+    atomic_save_text(buffer.getvalue(), csv_path)
+    record = {"class_names": list(class_names), "volumes": volumes}
+    atomic_save_text(json.dumps(record, indent=4) + "\n", json_path)
+    return csv_path, json_path
+
+
+class _ProbabilityCollector(ABC):
+    """Collect each evaluated volume's input path, class probabilities and (when given) label.
+
+    Needs a decollating evaluator whose ``postprocessing`` leaves softmax probabilities (C,) in
+    ``pred``, and the input path under ``path_key`` in each batch item (e.g. ``CopyItemsd`` of the image
+    path before loading). Collection restarts at every run of the engine.
+    """
+
+    def __init__(self, class_names: Sequence[str], path_key: str = "source_path") -> None:
+        self.class_names = list(class_names)
+        self.path_key = path_key
+        self.images: list[str] = []
+        self.probabilities: list[np.ndarray] = []
+        self.labels: list[int | None] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        engine.add_event_handler(Events.COMPLETED, self._complete)
+
+    def _reset(self, engine: Engine) -> None:
+        self.images, self.probabilities, self.labels = [], [], []
+
+    def _collect(self, engine: Engine) -> None:
+        batch, output = engine.state.batch, engine.state.output
+        if not isinstance(output, list) or not isinstance(batch, list):
+            raise TypeError(f"{type(self).__name__} needs a decollating evaluator (decollate=True).")
+        for item, result in zip(batch, output, strict=True):
+            probabilities = torch.as_tensor(result["pred"]).detach().cpu().double().flatten().numpy()
+            if probabilities.shape != (len(self.class_names),) or not np.isclose(probabilities.sum(), 1.0, atol=1e-4):
+                raise ValueError(
+                    f"{item[self.path_key]}: pred must be {len(self.class_names)} softmax probabilities, got "
+                    f"{probabilities.tolist()}; put Activationsd(keys='pred', softmax=True) in the postprocessing."
+                )
+            label = result.get("label")
+            self.images.append(str(item[self.path_key]))
+            self.probabilities.append(probabilities)
+            self.labels.append(None if label is None else int(torch.as_tensor(label).item()))
+
+    def _stacked(self) -> np.ndarray:
+        return np.stack(self.probabilities) if self.probabilities else np.zeros((0, len(self.class_names)))
+
+    def _complete(self, engine: Engine) -> None:
+        if is_main_process():
+            self.write()
+
+    @abstractmethod
+    def write(self) -> None:
+        """Write the files of the volumes collected in the last run."""
+
+
+class ClassificationReport(_ProbabilityCollector):
+    """Evaluator handler: after each run, write accuracy, per-class AUC and the confusion matrix.
+
+    Files in ``output_dir``: ``metrics.json`` and ``metrics.csv`` (per class: one-vs-rest ``auc``,
+    ``sensitivity`` (recall), ``precision``; whole set: ``accuracy``, ``mean_auc`` over the classes with a
+    defined AUC, ``mean_sensitivity`` (balanced accuracy), ``confusion_matrix`` (row = true class, column =
+    predicted class), ``num_volumes`` and ``extra``), and ``predictions.json`` / ``predictions.csv``
+    (:func:`write_probabilities` with the labels). Every volume needs a label.
+
+    Args:
+        output_dir: folder of the report, e.g. ``<output_dir>/eval``.
+        class_names: names of the classes, in label order.
+        extra: further JSON-serialisable facts for ``metrics.json`` (the checkpoint evaluated, the fold, ...).
+        path_key: batch key of the input path.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | Path,
+        class_names: Sequence[str],
+        extra: dict[str, Any] | None = None,
+        path_key: str = "source_path",
+    ) -> None:
+        super().__init__(class_names, path_key)
+        self.output_dir = Path(output_dir)
+        self.extra = dict(extra or {})
+
+    def summary(self) -> dict[str, Any]:
+        """Whole-set figures of the volumes collected so far, and per-class ``auc``, ``sensitivity``, ``precision``."""
+        if not self.probabilities or None in self.labels:
+            raise ValueError("the classification report needs at least one volume, each with a label.")
+        probabilities, labels = self._stacked(), np.asarray(self.labels)
+        matrix = confusion_matrix(labels, probabilities.argmax(axis=1), len(self.class_names))
+        auc = one_vs_rest_auc(probabilities, labels)
+        sensitivity = _ratio(np.diag(matrix), matrix.sum(axis=1))
+        return {
+            "auc": auc,
+            "sensitivity": sensitivity,
+            "precision": _ratio(np.diag(matrix), matrix.sum(axis=0)),
+            "accuracy": float(np.trace(matrix) / matrix.sum()),
+            "mean_auc": float(np.nanmean(auc)) if np.isfinite(auc).any() else float("nan"),
+            "mean_sensitivity": float(np.nanmean(sensitivity)),
+            "confusion_matrix": matrix.tolist(),
+            "num_volumes": int(matrix.sum()),
+        }
+
+    def write(self) -> None:
+        summary = self.summary()
+        columns = {name: summary.pop(name) for name in ("auc", "sensitivity", "precision")}
+        summary["confusion_matrix_axes"] = "rows: true class, columns: predicted class"
+        summary["extra"] = self.extra
+        write_class_table(self.output_dir, "metrics", self.class_names, columns, summary)
+        write_probabilities(
+            self.output_dir, "predictions", self.class_names, self.images, self._stacked(), np.asarray(self.labels)
+        )
+        auc = ", ".join(f"{n} {json_number(a)}" for n, a in zip(self.class_names, columns["auc"], strict=True))
+        logger.info(
+            f"{summary['num_volumes']} volumes: accuracy {summary['accuracy']:.4f}, AUC {auc}; "
+            f"confusion matrix {summary['confusion_matrix']}; wrote {self.output_dir / 'metrics.json'}"
+        )
+
+
+class ProbabilityWriter(_ProbabilityCollector):
+    """Inference handler: after each run, write every volume's class probabilities with its input path.
+
+    Files: ``<output_dir>/<stem>.json`` and ``<output_dir>/<stem>.csv`` (:func:`write_probabilities`).
+
+    Args:
+        output_dir: destination folder.
+        class_names: names of the classes, in output order.
+        stem: file name without extension.
+        path_key: batch key of the input path.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | Path,
+        class_names: Sequence[str],
+        stem: str = "probabilities",
+        path_key: str = "source_path",
+    ) -> None:
+        super().__init__(class_names, path_key)
+        self.output_dir = Path(output_dir)
+        self.stem = stem
+
+    def write(self) -> None:
+        csv_path, _ = write_probabilities(self.output_dir, self.stem, self.class_names, self.images, self._stacked())
+        logger.info(f"wrote the class probabilities of {len(self.images)} volumes to {csv_path} and .json")
