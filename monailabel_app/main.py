@@ -5,8 +5,11 @@ says otherwise, and it restores each prediction onto the input image's grid. Tha
 classification bundle's class probabilities (C,) into an image. This app reads each bundle's
 ``metadata.json`` instead: a bundle whose ``pred`` output has ``format`` ``classes`` is served as a
 classification model without the restore (the answer is a JSON list of class scores), any other as a
-segmentation model. Segmentation bundles can also be trained from labels saved in the datastore;
-classification bundles are inference-only here, since the datastore holds label images, not class labels.
+segmentation model. Segmentation bundles can also be trained from labels saved in the datastore, as often
+as the labels grow: each training moves the previous one's checkpoints into
+``outputs/checkpoints/earlier_runs/<n>`` (the bundles' ``existing_checkpoints: archive``) instead of refusing
+to start beside them. Classification bundles are inference-only here, since the datastore holds label
+images, not class labels.
 
 Put the bundles under ``<app>/model/<name>/`` and start the server with, for example::
 
@@ -36,6 +39,14 @@ def is_classification_bundle(bundle_dir: str | Path) -> bool:
     metadata = json.loads((Path(bundle_dir) / "configs" / "metadata.json").read_text())
     outputs = metadata["network_data_format"]["outputs"]
     return next(iter(outputs.values())).get("format") == "classes"
+
+
+class RepeatableBundleTrainTask(BundleTrainTask):
+    """MONAI Label's bundle training, set up to run again and again in the same bundle folder."""
+
+    def _update_overrides(self, overrides: dict) -> dict:
+        overrides["existing_checkpoints"] = "archive"
+        return overrides
 
 
 class VoCoApp(MONAILabelApp):
@@ -69,7 +80,7 @@ class VoCoApp(MONAILabelApp):
         for name, path in self.models.items():
             if is_classification_bundle(path):
                 continue
-            task = BundleTrainTask(path, self.conf)
+            task = RepeatableBundleTrainTask(path, self.conf)
             if task.is_valid():
                 logger.info(f"+++ Adding training task {name} from {path}")
                 trainers[name] = task

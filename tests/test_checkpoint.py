@@ -281,7 +281,9 @@ def train_with_checkpoints(folder, max_epochs, seed=0):
     return model
 
 
-def resumed_run(folder, max_epochs, enabled=True, seed=123, load_keys=("network", "optimizer", "rng")):
+def resumed_run(
+    folder, max_epochs, enabled=True, seed=123, load_keys=("network", "optimizer", "rng"), existing="refuse"
+):
     """A new model, optimizer and engine with the ResumeHandler attached first; records what the run sees."""
     model, optimizer = make_model_and_optimizer(seed)
     fresh = clone_state(model)
@@ -289,7 +291,7 @@ def resumed_run(folder, max_epochs, enabled=True, seed=123, load_keys=("network"
     objects = {"network": model, "optimizer": optimizer, "rng": RNGState()}
     sampler = FakeSampler()
     ResumeHandler(folder, {k: objects[k] for k in load_keys}, enabled=enabled, sampler=sampler).attach(trainer)
-    StepCheckpointSaver(folder, objects, interval=2).attach(trainer)
+    StepCheckpointSaver(folder, objects, interval=2, existing=existing).attach(trainer)
     seen = {"iterations": [], "start": None}
 
     @trainer.on(Events.ITERATION_STARTED)
@@ -330,6 +332,30 @@ def test_resume_disabled_refuses_to_mix_with_an_earlier_run(tmp_path):
     with pytest.raises(FileExistsError, match=r"steps \[2, 4\].*resume=true"):
         resumed_run(tmp_path, max_epochs=1, enabled=False)
     assert {p.name: p.read_bytes() for p in tmp_path.glob("checkpoint_*.pt")} == before
+
+
+def test_a_fresh_run_can_archive_the_earlier_runs_checkpoints(tmp_path):
+    """With existing="archive" every checkpoint_* file of the earlier run moves, unchanged, into
+    earlier_runs/<n>, and the new run starts from its own initialisation with a folder of its own files."""
+    train_with_checkpoints(tmp_path, max_epochs=2)
+    (tmp_path / "checkpoint_best.json").write_text('{"score": 0.9}')  # e.g. a BestMetricSaver record
+    first = {p.name: p.read_bytes() for p in tmp_path.glob("checkpoint_*")}
+    model, fresh, seen, _ = resumed_run(tmp_path, max_epochs=1, enabled=False, existing="archive")
+    assert seen["iterations"] == [1, 2]
+    assert_same_state(seen["start"], fresh)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "earlier_runs" / "1").iterdir()} == first
+    assert checkpoint_steps(tmp_path) == [2] and not (tmp_path / "checkpoint_best.json").exists()
+    assert_same_state(torch.load(tmp_path / "checkpoint_init.pt", weights_only=True)["network"], fresh)
+
+    second = {p.name: p.read_bytes() for p in tmp_path.glob("checkpoint_*")}
+    resumed_run(tmp_path, max_epochs=1, enabled=False, existing="archive")  # a third run: the next number
+    assert {p.name: p.read_bytes() for p in (tmp_path / "earlier_runs" / "2").iterdir()} == second
+    assert len(list((tmp_path / "earlier_runs" / "1").iterdir())) == len(first)
+
+
+def test_existing_must_be_refuse_or_archive(tmp_path):
+    with pytest.raises(ValueError, match="existing must be one of"):
+        StepCheckpointSaver(tmp_path, {"network": torch.nn.Linear(1, 1)}, interval=1, existing="overwrite")
 
 
 def test_resume_disabled_starts_from_scratch(tmp_path):

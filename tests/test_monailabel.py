@@ -31,6 +31,7 @@ import torch
 
 from conftest import BUNDLES, REPO, bundle_workflow
 from voco_components import demo_covid
+from voco_components.checkpoint import checkpoint_steps
 from voco_components.data import DEMO_DIR, DEMO_SEGMENTATION_DATALIST
 
 pytestmark = [pytest.mark.monailabel, pytest.mark.slow]
@@ -257,13 +258,15 @@ def test_inference_returns_a_label_map_on_the_input_grid(server, tmp_path):
     assert values.min() >= 0 and values.max() <= max(organ_labels().values()), values
 
 
-def test_training_on_an_uploaded_label_changes_the_weights(server):
+def upload_demo_label(server: Server) -> None:
+    """Save the demo CT's derived anatomy labels in the server's datastore as its final label."""
     body, content_type = multipart({"params": "{}"}, {"label": DEMO_DIR / CASE["label"]})
     server.call("PUT", f"/datastore/label?image={IMAGE_ID}&tag=final", body=body, content_type=content_type)
     assert server.json("GET", "/datastore/?output=stats")["label_tags"] == {"final": 1}
 
-    weights = server.app / "model" / MODEL / "models" / "model.pt"
-    before = torch.load(weights, map_location="cpu", weights_only=True)
+
+def train_one_epoch(server: Server) -> dict[str, torch.Tensor]:
+    """``POST /train/<MODEL>`` with one epoch, wait until it is done, and return the new ``models/model.pt``."""
     request = {"max_epochs": 1, "val_split": 0.0, "device": "cpu", "multi_gpu": False}
     server.call("POST", f"/train/{MODEL}", body=json.dumps(request).encode(), content_type="application/json")
     deadline = time.monotonic() + TRAIN_S
@@ -273,11 +276,20 @@ def test_training_on_an_uploaded_label_changes_the_weights(server):
         status = server.json("GET", "/train/")
     details = "\n".join(status.get("details", [])[-40:])
     assert status.get("status") == "DONE", f"training ended as {status.get('status')}:\n{details}\n{server.log_tail()}"
+    return torch.load(server.app / "model" / MODEL / "models" / "model.pt", map_location="cpu", weights_only=True)
 
-    after = torch.load(weights, map_location="cpu", weights_only=True)
+
+def assert_changed(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> None:
     assert after.keys() == before.keys()
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     assert changed, "one training epoch left models/model.pt unchanged"
+
+
+def test_training_on_an_uploaded_label_changes_the_weights(server):
+    upload_demo_label(server)
+    weights = server.app / "model" / MODEL / "models" / "model.pt"
+    before = torch.load(weights, map_location="cpu", weights_only=True)
+    assert_changed(before, train_one_epoch(server))
 
 
 # ---------------------------------------------------------------- the project's own app: both task types
@@ -288,7 +300,8 @@ SMALL_CLASSIFIER = {"feature_size": 12, "window_size": 4, "spatial_size": [32, 3
 
 @pytest.fixture(scope="module")
 def voco_app(tmp_path_factory):
-    """monailabel_app serving voco_btcv_seg and voco_covid_cls, with one synthetic demo volume of each class."""
+    """monailabel_app serving voco_btcv_seg and voco_covid_cls, with one synthetic demo volume of each class
+    and the embedded chest CT as studies."""
     assert Path(PYTHON).is_file(), f"VOCO_MONAILABEL_PYTHON: {PYTHON} is not a file"
     work = tmp_path_factory.mktemp("voco_app")
     app = work / "voco_app"
@@ -301,6 +314,7 @@ def voco_app(tmp_path_factory):
     for entry in json.loads((demo / "datalist.json").read_text())["training"]:
         if entry["image"].endswith(f"_{demo_covid.SOURCES[0]}.nii.gz"):
             shutil.copy(demo / entry["image"], studies)
+    shutil.copy(DEMO_DIR / CASE["image"], studies)
     srv = start_server(work, app, studies, [MODEL, CLASSIFIER])
     yield srv
     srv.stop()
@@ -318,7 +332,7 @@ def test_voco_app_serves_each_bundle_with_the_task_its_metadata_asks_for(voco_ap
 def test_voco_app_classifies_a_volume_as_the_bundle_itself_does(voco_app, tmp_path):
     """The server's class scores are the softmax probabilities that the bundle's own inference.json computes
     (MONAI 1.6 in this environment) from the same weights and volume."""
-    study = sorted(voco_app.studies.glob("*.nii.gz"))[0]
+    study = sorted(voco_app.studies.glob("NCP_*.nii.gz"))[0]
     body, content_type = multipart({"params": json.dumps({"device": "cpu"})}, {})
     image_id = study.name.removesuffix(".nii.gz")
     answer = json.loads(
@@ -343,3 +357,17 @@ def test_voco_app_classifies_a_volume_as_the_bundle_itself_does(voco_app, tmp_pa
     wf.run()
     expected = json.loads((tmp_path / "probabilities.json").read_text())["volumes"][0]["probabilities"]
     assert [scores[name.lower()] for name in expected] == pytest.approx(list(expected.values()), abs=1e-4)
+
+
+def test_voco_app_trains_a_segmentation_bundle_again_and_again(voco_app):
+    """MONAI Label trains in the bundle's own folder every time; the second training archives the first one's
+    checkpoints instead of refusing to start beside them."""
+    upload_demo_label(voco_app)
+    checkpoints = voco_app.app / "model" / MODEL / "outputs" / "checkpoints"
+    first = train_one_epoch(voco_app)
+    first_files = sorted(p.name for p in checkpoints.glob("checkpoint_*"))
+    assert checkpoint_steps(checkpoints)
+    second = train_one_epoch(voco_app)
+    assert_changed(first, second)
+    assert sorted(p.name for p in (checkpoints / "earlier_runs" / "1").iterdir()) == first_files
+    assert not (checkpoints / "earlier_runs" / "2").exists()

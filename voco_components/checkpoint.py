@@ -154,8 +154,14 @@ class StepCheckpointSaver:
     (and its AMP gradient scaler), written with :func:`atomic_save` by rank 0;
     the ``n_saved`` newest are kept. With ``save_initial``, the network's state before the first
     iteration also goes to ``<save_dir>/checkpoint_init.pt`` (``{"network": state}``), for comparing
-    the trained model with its own initialisation. A run that starts at iteration 0 in a folder that
-    already holds step checkpoints stops with ``FileExistsError`` rather than mixing two runs.
+    the trained model with its own initialisation.
+
+    A run that starts at iteration 0 in a folder that already holds step checkpoints must not mix with
+    that earlier run (rotate its files away, export its best network, or later resume from it). With
+    ``existing`` ``"refuse"`` it stops with ``FileExistsError``; with ``"archive"`` every
+    ``checkpoint_*`` file of the earlier run (step, initial and best checkpoints) first moves into
+    ``<save_dir>/earlier_runs/<n>/`` (n = 1, 2, ...), which suits repeated trainings in one folder
+    such as MONAI Label's.
 
     Args:
         save_dir: folder of the checkpoints.
@@ -165,7 +171,10 @@ class StepCheckpointSaver:
         save_initial: write ``checkpoint_init.pt`` when a run starts at iteration 0.
         network_key: the entry of ``save_dict`` that ``checkpoint_init.pt`` takes.
         engine_key: name under which the attached engine's state is saved; None to leave it out.
+        existing: what a fresh run does with an earlier run's checkpoints: ``"refuse"`` or ``"archive"``.
     """
+
+    EXISTING = ("refuse", "archive")
 
     def __init__(
         self,
@@ -176,9 +185,12 @@ class StepCheckpointSaver:
         save_initial: bool = True,
         network_key: str = "network",
         engine_key: str | None = "trainer",
+        existing: str = "refuse",
     ) -> None:
         if interval < 1 or n_saved < 1:
             raise ValueError(f"interval and n_saved must be at least 1, got {interval} and {n_saved}.")
+        if existing not in self.EXISTING:
+            raise ValueError(f"existing must be one of {self.EXISTING}, got {existing!r}.")
         if save_initial and network_key not in save_dict:
             raise ValueError(f"save_initial needs a '{network_key}' entry in save_dict (got {sorted(save_dict)}).")
         self.save_dir = Path(save_dir)
@@ -188,6 +200,7 @@ class StepCheckpointSaver:
         self.save_initial = save_initial
         self.network_key = network_key
         self.engine_key = engine_key
+        self.existing = existing
 
     def attach(self, engine: Engine) -> None:
         self.save_dict = _with_engine(self.save_dict, engine, self.engine_key)
@@ -197,13 +210,29 @@ class StepCheckpointSaver:
 
     def _save_initial(self, engine: Engine) -> None:
         if engine.state.iteration == 0 and checkpoint_steps(self.save_dir):
-            raise FileExistsError(
-                f"{self.save_dir} holds checkpoints of an earlier run (steps {checkpoint_steps(self.save_dir)}): "
-                "continue it with resume=true, or give this run another output folder."
-            )
+            if self.existing == "refuse":
+                raise FileExistsError(
+                    f"{self.save_dir} holds checkpoints of an earlier run (steps {checkpoint_steps(self.save_dir)}): "
+                    "continue it with resume=true, give this run another output folder, or set "
+                    "existing_checkpoints to 'archive'."
+                )
+            if is_main_process():
+                self._archive_earlier_run()
         if self.save_initial and engine.state.iteration == 0 and is_main_process():
             state = unwrap_ddp(self.save_dict[self.network_key]).state_dict()
             atomic_save({self.network_key: state}, self.save_dir / "checkpoint_init.pt")
+
+    def _archive_earlier_run(self) -> Path:
+        """Move the ``checkpoint_*`` files of ``save_dir`` into the next free ``earlier_runs/<n>``."""
+        archive_root = self.save_dir / "earlier_runs"
+        taken = [int(p.name) for p in archive_root.glob("*") if p.name.isdigit()] if archive_root.is_dir() else []
+        archive = archive_root / str(max(taken, default=0) + 1)
+        archive.mkdir(parents=True)
+        for path in sorted(self.save_dir.glob("checkpoint_*")):
+            if path.is_file():
+                path.rename(archive / path.name)
+        logger.info(f"moved the checkpoints of the earlier run in {self.save_dir} to {archive}")
+        return archive
 
     def save(self, engine: Engine) -> None:
         if not is_main_process():
