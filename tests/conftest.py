@@ -7,7 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +96,22 @@ def record_losses(wf: ConfigWorkflow) -> list[float]:
     trainer = wf.parser.get_parsed_content("train#trainer")
     trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(float(e.state.output[0]["loss"])))
     return losses
+
+
+def exception_chain(error: BaseException | None) -> Iterator[BaseException]:
+    """``error``, then its ``__cause__`` (or ``__context__``), and so on: MONAI wraps the errors it re-raises."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = error.__cause__ or error.__context__
+
+
+def first_in_chain(error: BaseException, kind: type[BaseException]) -> BaseException:
+    """The first exception of type ``kind`` in the chain of ``error``; fails the test when there is none."""
+    found = next((e for e in exception_chain(error) if isinstance(e, kind)), None)
+    assert found is not None, f"no {kind.__name__} in the exception chain of {error!r}"
+    return found
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ import pytest
 import torch
 from monai.bundle import ConfigWorkflow
 
-from conftest import BUNDLES, assert_resumes_exactly, bundle_workflow, run_bundle_cli, write_ct
+from conftest import BUNDLES, assert_resumes_exactly, bundle_workflow, first_in_chain, run_bundle_cli, write_ct
 from voco_components import demo_covid
 from voco_components.ccii import CLASS_NAMES, fold_split
 from voco_components.classification import confusion_matrix, load_classification_datalist, one_vs_rest_auc
@@ -138,18 +138,10 @@ def test_pretrained_encoder_loads_with_the_exported_values(tmp_path, demo_dir, v
     assert "missing 2, unexpected 0, shape-mismatched 0" in report  # the missing two: the new head
 
 
-def _cause(error: BaseException, kind: type[BaseException]) -> BaseException:
-    """The first exception of type ``kind`` in the chain of ``error`` (MONAI wraps config errors)."""
-    while error is not None and not isinstance(error, kind):
-        error = error.__cause__ or error.__context__
-    assert error is not None, f"no {kind.__name__} in the exception chain"
-    return error
-
-
 def test_missing_default_pretrained_says_to_run_voco_pretrain_or_pass_null(tmp_path, demo_dir):
     with pytest.raises(RuntimeError) as info:
         workflow(tmp_path / "bundle", demo_dir)  # default: <bundle_root>/../voco_pretrain/models/model.pt
-    message = str(_cause(info.value, FileNotFoundError))
+    message = str(first_in_chain(info.value, FileNotFoundError))
     assert str(tmp_path / "bundle" / ".." / "voco_pretrain" / "models" / "model.pt") in message
     assert "voco_pretrain" in message and "--pretrained null" in message
 
@@ -157,7 +149,7 @@ def test_missing_default_pretrained_says_to_run_voco_pretrain_or_pass_null(tmp_p
 def test_a_checkpoint_of_another_size_is_refused(tmp_path, demo_dir, voco_encoder):
     with pytest.raises(RuntimeError) as info:
         workflow(tmp_path, demo_dir, pretrained=str(voco_encoder), feature_size=24)
-    assert "does not fit this network" in str(_cause(info.value, ValueError))
+    assert "does not fit this network" in str(first_in_chain(info.value, ValueError))
 
 
 # ---------------------------------------------------------------- training, evaluation, inference

@@ -15,7 +15,7 @@ import torch
 from monai.data import DataLoader, Dataset
 from monai.transforms import MapTransform
 
-from conftest import write_ct
+from conftest import exception_chain, write_ct
 from voco_components.data import VolumeError
 from voco_components.datasets import ResumableDistributedSampler, VoCoStepDataset, sample_seed
 from voco_components.pipelines import ct_preprocessing
@@ -236,11 +236,7 @@ def test_other_errors_propagate_unchanged(mode):
         dataset[index]
     assert type(excinfo.value) is type(plain.value) and str(excinfo.value) == str(plain.value)
     assert not isinstance(excinfo.value, VolumeError)
-    chain, exc = [], excinfo.value
-    while exc is not None:
-        chain.append(exc)
-        exc = exc.__cause__ or exc.__context__
-    assert any(isinstance(e, BoomError) and "volume_2.nii.gz" in str(e) for e in chain)
+    assert any(isinstance(e, BoomError) and "volume_2.nii.gz" in str(e) for e in exception_chain(excinfo.value))
     assert dataset.bad_volumes == set()
 
 

@@ -20,6 +20,7 @@ from conftest import (
     PRETRAIN_TINY,
     assert_resumes_exactly,
     bundle_workflow,
+    exception_chain,
     record_losses,
     run_bundle_cli,
     write_ct,
@@ -189,17 +190,9 @@ def test_training_stops_on_a_bad_volume_without_partial_checkpoints(tmp_path):
     wf = workflow(tmp_path, datalist=str(datalist), dataset_dir=str(tmp_path))
     with pytest.raises(Exception) as info:
         wf.run()
-    assert str(path) in "".join(str(e) for e in _chain(info.value))
+    assert str(path) in "".join(str(e) for e in exception_chain(info.value))
     ckpts = tmp_path / "outputs" / "checkpoints"
     assert not list(ckpts.glob("checkpoint_[0-9]*.pt")) and not list(ckpts.glob(".*tmp"))
-
-
-def _chain(exc: BaseException):
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        yield exc
-        exc = exc.__cause__ or exc.__context__
 
 
 def test_skip_policy_trains_on_the_good_volumes(tmp_path, capsys):
