@@ -17,6 +17,7 @@ __all__ = [
     "DEMO_DIR",
     "DEMO_DATALIST",
     "DEMO_SEGMENTATION_DATALIST",
+    "DEMO_ORGANS_DATALIST",
     "VolumeError",
     "read_json",
     "load_datalists",
@@ -27,10 +28,13 @@ __all__ = [
 ]
 
 DEMO_DIR = Path(__file__).resolve().parent / "demo_data"
-"""Two real chest CTs (pyradiomics test data, BSD-3-Clause), in-plane 1.5 mm, int16 HU; see its README.md."""
+"""Five real CTs (pyradiomics and TotalSegmentator test data), int16 HU, two with organ maps; see its README.md."""
 DEMO_DATALIST = DEMO_DIR / "datalist.json"
+"""Pretraining: four CTs train, the chest CT ``lung2`` is held out."""
 DEMO_SEGMENTATION_DATALIST = DEMO_DIR / "segmentation_datalist.json"
 """The demo CTs with anatomy labels derived by HU thresholds: 1 lungs, 2 bone, 3 soft tissue."""
+DEMO_ORGANS_DATALIST = DEMO_DIR / "organs_datalist.json"
+"""Two CTs with BTCV organ ids (TotalSegmentator's predictions): ``abdomen`` trains, ``upper_abdomen`` is held out."""
 
 
 class VolumeError(ValueError):
