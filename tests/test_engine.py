@@ -27,10 +27,12 @@ from voco_components.losses import OfficialVoCoLoss, VoCoLoss
 from voco_components.metrics import (
     BaseEffectiveRank,
     ChanceTop1,
+    PositionAUC,
     PositionMAE,
     PositionTop1Accuracy,
     chance_top1,
     effective_rank,
+    position_auc,
     top1_hits,
 )
 from voco_components.networks import SwinEncoder, UNetEncoder, VoCoNet, VoCoTeacherStudent
@@ -490,6 +492,58 @@ def test_metrics_update_compute_manually():
         with pytest.raises(NotComputableError):
             metric.compute()
     assert 0 < sum(hits) < len(hits)  # the accuracy test is not trivially 0 or 1
+
+
+def _brute_force_auc(logits: list[float], overlaps: list[bool]) -> float:
+    """Mann-Whitney AUC by enumerating every (overlapped, not overlapped) pair of bases."""
+    pos = [lg for lg, o in zip(logits, overlaps, strict=True) if o]
+    neg = [lg for lg, o in zip(logits, overlaps, strict=True) if not o]
+    if not pos or not neg:
+        return math.nan
+    return sum(1.0 if p > q else 0.5 if p == q else 0.0 for p in pos for q in neg) / (len(pos) * len(neg))
+
+
+def test_position_auc_matches_brute_force():
+    b_, k, n = 2, 5, 6
+    logits, labels = _randn(b_, k, n, seed=12), _labels(b_, k, n, seed=13)
+    logits[0, 1, :3] = 0.3  # ties between an overlapped and a free base count one half
+    labels[1, 2] = 1.0 / n  # overlaps every base: no AUC
+    auc = position_auc(logits, labels)
+    for b in range(b_):
+        for j in range(k):
+            ref = _brute_force_auc(logits[b, j].tolist(), (labels[b, j] > 0).tolist())
+            if math.isnan(ref):
+                assert math.isnan(float(auc[b, j])) and (b, j) == (1, 2)
+            else:
+                assert float(auc[b, j]) == pytest.approx(ref, abs=1e-12)
+    defined = auc[~auc.isnan()]
+    assert bool(((defined > 0) & (defined < 1)).any())  # not trivially 0 or 1
+
+
+def test_position_auc_is_invariant_to_calibration_and_extreme_on_perfect_ranking():
+    labels = _labels(1, 4, 5, seed=14)
+    perfect = labels + 0.0  # logits equal to the labels rank every overlapped base first
+    assert torch.all(position_auc(perfect, labels) == 1.0)
+    assert torch.all(position_auc(-perfect, labels) == 0.0)
+    logits = _randn(1, 4, 5, seed=15)
+    assert torch.equal(position_auc(logits, labels), position_auc(3 * torch.tanh(logits) - 1, labels))
+
+
+def test_position_auc_metric_skips_undefined_crops():
+    b_, k, n = 2, 3, 4
+    features, labels = _randn(b_ * (n + k), 5, seed=16), _labels(b_, k, n, seed=17)
+    labels[0, 0] = 0.25  # undefined
+    refs = []
+    for b in range(b_):
+        base, random = _volume_crops(features, b, n, k)
+        for j in range(k):
+            ref = _brute_force_auc([_cos(random[j], base[i]) for i in range(n)], (labels[b, j] > 0).tolist())
+            if not math.isnan(ref):
+                refs.append(ref)
+    assert 0 < len(refs) < b_ * k
+    metric = PositionAUC()
+    metric.update((features, labels))
+    assert metric.compute() == pytest.approx(sum(refs) / len(refs), rel=1e-9)
 
 
 class _FlattenLinear(nn.Module):

@@ -110,7 +110,15 @@ def test_cli_training_id_and_evaluate_and_inference(tmp_path):
     wf = workflow(tmp_path, ("train.json", "evaluate.json"), val_num_crops=16, val_repeats=13)
     wf.run()
     metrics = json.loads((tmp_path / "outputs" / "eval" / "metrics.json").read_text())
-    for key in ("position_top1", "position_mae", "chance_top1", "init_position_top1", "init_position_mae"):
+    for key in (
+        "position_top1",
+        "position_mae",
+        "position_auc",
+        "chance_top1",
+        "init_position_top1",
+        "init_position_mae",
+        "init_position_auc",
+    ):
         assert key in metrics
     assert metrics["num_random_crops"] == 16 * 13 >= 200
     assert 0 <= metrics["position_top1"] <= 1 and 0 <= metrics["init_position_mae"] <= 2

@@ -27,13 +27,14 @@ def evaluate_checkpoints(
 
     Args:
         evaluator: a ``SupervisedEvaluator`` whose network is ``network`` and whose metrics include
-            ``val_position_top1``, ``val_position_mae``, ``val_effective_rank`` and ``val_chance_top1``.
+            ``val_position_top1``, ``val_position_mae``, ``val_position_auc``, ``val_effective_rank`` and
+            ``val_chance_top1``.
         network: the :class:`VoCoNet` the evaluator runs; each checkpoint's ``network`` entry is loaded into it.
         checkpoints: metric-name prefix -> checkpoint file, e.g. ``{"": final, "init_": initial}``.
         output_path: the JSON file, e.g. ``<output_dir>/eval/metrics.json``.
 
     Returns:
-        the written metrics: for each prefix ``p``, ``p + position_top1``, ``p + position_mae``,
+        the written metrics: for each prefix ``p``, ``p + position_top1``, ``p + position_mae``, ``p + position_auc``,
         ``p + effective_rank``, plus ``chance_top1``, ``num_random_crops`` and the checkpoint paths.
     """
     results: dict[str, Any] = {}
@@ -47,6 +48,7 @@ def evaluate_checkpoints(
         metrics = evaluator.state.metrics
         results[f"{prefix}position_top1"] = float(metrics["val_position_top1"])
         results[f"{prefix}position_mae"] = float(metrics["val_position_mae"])
+        results[f"{prefix}position_auc"] = float(metrics["val_position_auc"])
         results[f"{prefix}effective_rank"] = float(metrics["val_effective_rank"])
         results["chance_top1"] = float(metrics["val_chance_top1"])
         results[f"{prefix}checkpoint"] = str(path)

@@ -15,10 +15,12 @@ from voco_components.losses import position_logits
 
 __all__ = [
     "top1_hits",
+    "position_auc",
     "chance_top1",
     "effective_rank",
     "PositionTop1Accuracy",
     "PositionMAE",
+    "PositionAUC",
     "BaseEffectiveRank",
     "ChanceTop1",
     "RandomCropCount",
@@ -44,6 +46,23 @@ def top1_hits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """(B, k, n) -> bool (B, k): the base with the highest logit has the largest overlap (ties in y all count)."""
     chosen = labels.gather(-1, logits.argmax(dim=-1, keepdim=True)).squeeze(-1)
     return chosen >= labels.amax(dim=-1)
+
+
+def position_auc(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(B, k, n) -> (B, k): per random crop, the AUC of its logits for the bases it overlaps against the others.
+
+    The probability that a base with y > 0 has a higher logit than a base with y = 0 (ties count one half):
+    0.5 is no discrimination, 1 ranks every overlapping base above every other. It depends only on the
+    order of the logits, so a monotone recalibration of the cosines leaves it unchanged. A crop that
+    overlaps every base, or none, has no AUC and gives NaN.
+    """
+    overlaps = labels > 0
+    # (B, k, n, n): entry [i, j] compares base i (overlapped) with base j (not overlapped)
+    difference = logits.unsqueeze(-1) - logits.unsqueeze(-2)
+    wins = (difference > 0).to(torch.float64) + 0.5 * (difference == 0).to(torch.float64)
+    pairs = (overlaps.unsqueeze(-1) & ~overlaps.unsqueeze(-2)).to(torch.float64)
+    count = pairs.sum(dim=(-2, -1))
+    return (wins * pairs).sum(dim=(-2, -1)) / torch.where(count > 0, count, torch.nan)
 
 
 def chance_top1(labels: torch.Tensor) -> torch.Tensor:
@@ -104,6 +123,16 @@ class PositionMAE(_CropMetric):
         features, labels = output
         random, base = split_crop_features(features, labels)
         self._add((position_logits(random, base) - labels).abs())
+
+
+class PositionAUC(_CropMetric):
+    """Mean over random crops of :func:`position_auc`; crops that overlap every base or none are left out."""
+
+    def update(self, output: tuple[torch.Tensor, torch.Tensor]) -> None:
+        features, labels = output
+        random, base = split_crop_features(features, labels)
+        auc = position_auc(position_logits(random, base), labels)
+        self._add(auc[~auc.isnan()])
 
 
 class BaseEffectiveRank(_CropMetric):
