@@ -219,6 +219,23 @@ def test_projection_head_structure():
     assert not any("running" in k for k in head.state_dict())
 
 
+def test_projection_head_with_running_statistics_evaluates_with_them():
+    head = ProjectionHead(in_dim=10, hidden_dim=7, out_dim=5, batch_stats=False).train()
+    x = _randn(6, 10, seed=13)
+    head(x)  # one training step updates the running statistics
+    bn = head.layers[1]
+    h = head.layers[0](x)
+    torch.testing.assert_close(bn.running_mean, 0.1 * h.mean(0).detach(), rtol=1e-5, atol=1e-6)
+    head.eval()
+    single = head(x[:1])  # a single row evaluates: no batch statistics are needed
+    h = x[:1]
+    for lin, norm in ((head.layers[0], head.layers[1]), (head.layers[3], head.layers[4])):
+        h = lin(h)
+        h = (h - norm.running_mean) / torch.sqrt(norm.running_var + norm.eps) * norm.weight + norm.bias
+        h = torch.relu(h)
+    torch.testing.assert_close(single, head.layers[6](h), rtol=1e-5, atol=1e-5)
+
+
 def _tiny_unet_net(seed: int = 0) -> VoCoNet:
     torch.manual_seed(seed)
     return VoCoNet(UNetEncoder(features=UNET_FEATURES), hidden_dim=8, out_dim=6)

@@ -7,12 +7,12 @@ MONAI's ``TensorBoardStatsHandler`` in ``configs/train.json``:
   (``loss_pred``, ``loss_reg``; ``loss_pos``, ``loss_neg``, ``loss_reg`` for the teacher variants);
   the handler's ``tag_name="train"`` is only used for scalar outputs, so no tag is called ``train``;
 - validation handler (evaluator metrics, step = trainer epoch, one epoch = ``val_every_steps``
-  iterations): ``val_position_top1``, ``val_position_mae``, ``val_effective_rank``,
+  iterations): ``val_position_top1``, ``val_position_auc``, ``val_position_mae``, ``val_effective_rank``,
   ``val_chance_top1``, ``val_num_random_crops``.
 
-The figure has three panels against the training step: the training loss, the held-out position top-1
-accuracy and the held-out mean |l − y|. When ``<root>/outputs/eval/metrics.json`` exists (written by
-``configs/evaluate.json``), its ``init_position_top1`` / ``init_position_mae`` are drawn as dashed lines
+The figure has four panels against the training step: the training loss, the held-out position top-1
+accuracy, the held-out position AUC and the held-out mean |l − y|. When ``<root>/outputs/eval/metrics.json``
+exists (written by ``configs/evaluate.json``), its ``init_`` values are drawn as dashed lines
 (the network at initialisation); the chance top-1 is a dotted grey line. A markdown table of the initial
 and final values is printed.
 
@@ -39,6 +39,7 @@ from tensorboard.backend.event_processing import event_accumulator  # noqa: E402
 
 TOP1_TAG = "val_position_top1"
 MAE_TAG = "val_position_mae"
+AUC_TAG = "val_position_auc"
 CHANCE_TAG = "val_chance_top1"
 RUN_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 
@@ -132,8 +133,8 @@ def run_colour(index: int) -> str:
 
 
 def plot(runs: list[Run], loss_tag: str, val_every_steps: int, smooth: float, out: Path, dpi: int) -> None:
-    """Write the three-panel figure to ``out``."""
-    fig, (ax_loss, ax_top1, ax_mae) = plt.subplots(1, 3, figsize=(15, 4.2), dpi=dpi, layout="constrained")
+    """Write the four-panel figure to ``out``."""
+    fig, (ax_loss, ax_top1, ax_auc, ax_mae) = plt.subplots(1, 4, figsize=(19, 4.2), dpi=dpi, layout="constrained")
     chance_levels: set[float] = set()
     any_init = False
     for index, run in enumerate(runs):
@@ -143,7 +144,12 @@ def plot(runs: list[Run], loss_tag: str, val_every_steps: int, smooth: float, ou
             if smooth > 0:
                 ax_loss.plot(steps, values, color=colour, alpha=0.25, lw=0.8)
             ax_loss.plot(steps, ema(values, smooth), color=colour, lw=1.6, label=run.label)
-        for ax, tag, init_key in ((ax_top1, TOP1_TAG, "init_position_top1"), (ax_mae, MAE_TAG, "init_position_mae")):
+        panels = (
+            (ax_top1, TOP1_TAG, "init_position_top1"),
+            (ax_auc, AUC_TAG, "init_position_auc"),
+            (ax_mae, MAE_TAG, "init_position_mae"),
+        )
+        for ax, tag, init_key in panels:
             curve = validation_curve(run, tag, val_every_steps)
             if curve is not None:
                 ax.plot(*curve, color=colour, lw=1.6, marker="o", ms=3, label=run.label)
@@ -161,8 +167,10 @@ def plot(runs: list[Run], loss_tag: str, val_every_steps: int, smooth: float, ou
     name = "loss" if loss_tag == "loss" else f"loss term {loss_tag}"
     ax_loss.set_title(f"training {name}" + (f" (EMA {smooth:g}, raw faint)" if smooth > 0 else ""), fontsize=11)
     ax_top1.set_title("held-out position top-1 accuracy", fontsize=11)
+    ax_auc.set_title("held-out position AUC", fontsize=11)
     ax_mae.set_title("held-out mean |l − y|", fontsize=11)
-    for ax in (ax_loss, ax_top1, ax_mae):
+    ax_auc.axhline(0.5, color="grey", ls=":", lw=1.4)
+    for ax in (ax_loss, ax_top1, ax_auc, ax_mae):
         ax.set_xlabel("training step")
         ax.grid(alpha=0.3)
     ax_top1.set_ylim(0.0, 1.0)
@@ -192,19 +200,21 @@ def last_value(run: Run, tag: str) -> tuple[int | None, float | None]:
 
 
 def summary_table(runs: list[Run], val_every_steps: int) -> str:
-    """Markdown table: per run, the initial (metrics.json) and final (last validation) top-1 and MAE."""
+    """Markdown table: per run, the initial (metrics.json) and final (last validation) top-1, AUC and MAE."""
     lines = [
-        "| run | final step | top-1 init | top-1 final | chance top-1 | MAE init | MAE final |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| run | final step | top-1 init | top-1 final | chance top-1 | AUC init | AUC final | MAE init | MAE final |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for run in runs:
         epoch, top1 = last_value(run, TOP1_TAG)
         _, mae = last_value(run, MAE_TAG)
+        _, auc = last_value(run, AUC_TAG)
         _, chance = last_value(run, CHANCE_TAG)
         step = None if epoch is None else epoch * val_every_steps
         lines.append(
             f"| {run.label} | {'–' if step is None else step} | {fmt(run.metrics.get('init_position_top1'))} | "
             f"{fmt(top1)} | {fmt(chance if chance is not None else run.metrics.get('chance_top1'))} | "
+            f"{fmt(run.metrics.get('init_position_auc'))} | {fmt(auc)} | "
             f"{fmt(run.metrics.get('init_position_mae'))} | {fmt(mae)} |"
         )
     return "\n".join(lines)

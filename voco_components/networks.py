@@ -178,20 +178,22 @@ class UNetEncoder(nn.Module):
 class ProjectionHead(nn.Module):
     """Linear-BN-ReLU, Linear-BN-ReLU, Linear: (N, in_dim) -> (N, out_dim).
 
-    The batch norms always use the statistics of the current batch, in training and evaluation alike,
-    as in the author code (``track_running_stats=False``): the n base and k random crops of a volume
+    By default the batch norms always use the statistics of the current batch, in training and evaluation
+    alike, as in the author code (``track_running_stats=False``): the n base and k random crops of a volume
     are normalised together, so held-out position metrics see the same normalisation as training.
-    A forward pass therefore needs N > 1.
+    A forward pass then needs N > 1. ``batch_stats=False`` gives ordinary batch norms, which evaluate with
+    the running statistics gathered in training.
     """
 
-    def __init__(self, in_dim: int, hidden_dim: int = 2048, out_dim: int = 2048) -> None:
+    def __init__(self, in_dim: int, hidden_dim: int = 2048, out_dim: int = 2048, batch_stats: bool = True) -> None:
         super().__init__()
+        track = not batch_stats
         self.layers = nn.Sequential(
             nn.Linear(in_dim, hidden_dim),
-            nn.BatchNorm1d(hidden_dim, track_running_stats=False),
+            nn.BatchNorm1d(hidden_dim, track_running_stats=track),
             nn.ReLU(inplace=True),
             nn.Linear(hidden_dim, hidden_dim),
-            nn.BatchNorm1d(hidden_dim, track_running_stats=False),
+            nn.BatchNorm1d(hidden_dim, track_running_stats=track),
             nn.ReLU(inplace=True),
             nn.Linear(hidden_dim, out_dim),
         )
@@ -212,14 +214,22 @@ class VoCoNet(nn.Module):
             (feature_size 48, the paper's Swin-B) when None.
         hidden_dim: projector hidden width.
         out_dim: projected feature size C (2048 in the paper).
+        projector_batch_stats: the projector's batch norms use the current batch's statistics in
+            evaluation too (the author code's choice, see :class:`ProjectionHead`).
 
     Forward: crops (N, C_in, D, H, W) -> features (N, out_dim).
     """
 
-    def __init__(self, encoder: nn.Module | None = None, hidden_dim: int = 2048, out_dim: int = 2048) -> None:
+    def __init__(
+        self,
+        encoder: nn.Module | None = None,
+        hidden_dim: int = 2048,
+        out_dim: int = 2048,
+        projector_batch_stats: bool = True,
+    ) -> None:
         super().__init__()
         self.encoder = SwinEncoder() if encoder is None else encoder
-        self.projector = ProjectionHead(int(self.encoder.out_channels), hidden_dim, out_dim)
+        self.projector = ProjectionHead(int(self.encoder.out_channels), hidden_dim, out_dim, projector_batch_stats)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.projector(self.encoder(x))
