@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from monai.bundle import ConfigWorkflow
+from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.networks.nets import SwinUNETR
 
 from conftest import (
@@ -253,3 +253,32 @@ def test_tracking_mlflow_records_the_training_loss_and_held_out_metrics(tmp_path
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'outputs' / 'mlruns.db'}")
     run = mlflow.search_runs(search_all_experiments=True).iloc[0]
     assert {"metrics.train_loss", "metrics.val_position_top1", "metrics.val_position_mae"} <= set(run.index)
+
+
+def _random_transform(**overrides):
+    """train#random_transform of train.json + cpu_demo.json with some ids overridden."""
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / "train.json"), str(CONFIGS / "cpu_demo.json")])
+    for key, value in overrides.items():
+        parser[key] = value
+    return parser.get_parsed_content("train#random_transform")
+
+
+def test_region_jitter_crops_a_random_sub_region_before_the_grid():
+    """region_min_scale < 1: each sample cuts its grid from a random sub-region, reproducibly from its seed."""
+    volume = torch.arange(128 * 128 * 32, dtype=torch.float32).reshape(1, 128, 128, 32) / (128 * 128 * 32)
+    paper = _random_transform(region_min_scale=[1.0, 1.0, 1.0])
+    assert [type(t).__name__ for t in paper.transforms] == ["VoCoCropd"]
+    jitter = _random_transform(region_min_scale=[0.5, 0.5, 1.0])
+    assert [type(t).__name__ for t in jitter.transforms] == ["RandScaleCropd", "VoCoCropd"]
+    outputs = []
+    for seed in (3, 3, 4):
+        jitter.set_random_state(seed=seed)
+        outputs.append(jitter({"image": volume.clone()}))
+    assert torch.equal(outputs[0]["image"], outputs[1]["image"])  # same seed, same crops
+    assert not torch.equal(outputs[0]["image"], outputs[2]["image"])
+    paper.set_random_state(seed=3)
+    whole = paper({"image": volume.clone()})["image"]
+    n = 16  # 4x4x1 bases come first: a sub-region's first base spans less of the volume than the whole's
+    sub_span = outputs[0]["image"][:n].amax() - outputs[0]["image"][:n].amin()
+    assert sub_span < whole[:n].amax() - whole[:n].amin()

@@ -25,6 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "bundles" / "voco_pretrain" / "configs"
 RUNS: dict[str, dict] = {
     "baseline": {},
+    "region_jitter": {"region_min_scale": [0.6, 0.6, 1.0]},
     "no_aug": {"crop_flip_prob": 0.0, "crop_rot90_prob": 0.0, "crop_shift_intensity_prob": 0.0},
     "lr_3e-4": {"learning_rate": 3e-4},
     "lr_1e-4": {"learning_rate": 1e-4},
