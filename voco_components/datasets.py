@@ -82,7 +82,6 @@ class PreparedVolumes:
                 continue
             self.files.append(None)
             self.missing[index] = record.get("error", "failed") if record else "not in the manifest"
-        cache._records = None  # the full records are not needed any more (memory of large corpora)
         self.load = LoadCachedVolumed("image")
 
     def __len__(self) -> int:

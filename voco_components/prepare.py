@@ -161,7 +161,7 @@ class Preparer:
         """Prepare this part; returns (and logs) the summary: done, skipped, failed (with errors), bytes, seconds."""
         start = time.perf_counter()
         self.cache.create()
-        records = self.cache.records(reload=True)
+        records = self.cache.records()
         entries = self.entries()
         todo = [e for e in entries if not self.is_current(e, records.get(entry_text(e)))]
         name = f"part-{self.part:05d}-of-{self.num_parts:05d}.jsonl"

@@ -201,7 +201,6 @@ class VolumeCache:
         self.folder = self.root / f"{FOLDER_PREFIX}{digest[:12]}"
         self.dtype = dtype
         self.clevel = int(clevel)
-        self._records: dict[str, dict[str, Any]] | None = None
 
     def __repr__(self) -> str:
         return f"VolumeCache({str(self.folder)!r})"
@@ -241,26 +240,13 @@ class VolumeCache:
             return []
         return sorted(p.parent for p in self.root.glob(f"{FOLDER_PREFIX}*/{SETTINGS_FILE}") if p.parent != self.folder)
 
-    def records(self, reload: bool = False) -> dict[str, dict[str, Any]]:
-        """The merged manifest: :func:`entry_text` -> its latest record over all part files.
+    def records(self) -> dict[str, dict[str, Any]]:
+        """The merged manifest, read now: :func:`entry_text` -> its latest record over all part files.
 
         Records are ordered by their ``time`` (then file and line order); a torn last line of a part
         file (a writer killed mid-line) is ignored.
         """
-        if self._records is None or reload:
-            self._records = load_manifest(self.folder / MANIFEST_DIR)
-        return self._records
-
-    def record(self, entry: Mapping[str, Any]) -> dict[str, Any] | None:
-        """The latest manifest record of ``entry``, or None."""
-        return self.records().get(entry_text(entry))
-
-    def item(self, entry: Mapping[str, Any], record: Mapping[str, Any]) -> dict[str, Any]:
-        """The data item :class:`LoadCachedVolumed` reads for ``entry`` (its fields, the image replaced)."""
-        return {**entry, "image": str(self.folder / record["file"]), "image_checksum": record["checksum"]}
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_records": None}  # workers get the entries they need from the dataset
+        return load_manifest(self.folder / MANIFEST_DIR)
 
 
 def _difference(stored: Mapping[str, Any], wanted: Mapping[str, Any]) -> str:
