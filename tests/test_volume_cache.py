@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import PRETRAIN_TINY, bundle_workflow, run_bundle_cli, write_ct
 from torch.utils.data import DataLoader
 
+from conftest import PRETRAIN_TINY, bundle_workflow, run_bundle_cli, write_ct
 from voco_components.data import VolumeError
 from voco_components.datasets import PreparedVolumes, ResumableDistributedSampler, VoCoStepDataset
 from voco_components.engine import VoCoPrepareBatch
@@ -25,7 +25,6 @@ from voco_components.transforms import VoCoCropd
 from voco_components.volume_cache import (
     CacheMismatchError,
     LoadCachedVolumed,
-    ManifestWriter,
     VolumeCache,
     entry_text,
     load_manifest,
