@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-import logging
+import ctypes
 import multiprocessing
 import os
+import signal
+import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -27,9 +29,8 @@ from voco_components.volume_cache import (
 
 __all__ = ["unique_entries", "this_part", "foreground_box", "prepare_volume", "Preparer"]
 
-logger = logging.getLogger(__name__)
-
 _WORKER: dict[str, Any] = {}
+PR_SET_PDEATHSIG = 1
 
 
 def unique_entries(data: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -63,10 +64,26 @@ def foreground_box(image: Any) -> list[list[int]] | None:
     return None
 
 
+def _die_with_parent() -> None:
+    """On Linux, have the kernel kill this worker when its parent dies (a killed ``prepare`` leaves no orphans)."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        except (OSError, AttributeError):
+            pass
+
+
 def _init_worker(cache: VolumeCache) -> None:
-    torch.set_num_threads(1)
+    """Worker start-up: the cache and its pipeline, built once."""
     _WORKER["cache"] = cache
     _WORKER["pipeline"] = cache.pipeline()
+
+
+def _init_pool_worker(cache: VolumeCache) -> None:
+    """:func:`_init_worker` in a pool process, with one thread, which dies with the parent."""
+    _die_with_parent()
+    torch.set_num_threads(1)
+    _init_worker(cache)
 
 
 def prepare_volume(entry: Mapping[str, Any]) -> dict[str, Any]:
@@ -81,7 +98,10 @@ def prepare_volume(entry: Mapping[str, Any]) -> dict[str, Any]:
         image = pipeline(dict(entry))["image"]
         array = quantise(image.detach().cpu().numpy(), cache.dtype)
         header = {"source": str(entry["image"]), "affine": image.affine.tolist(), "key": key}
-        nbytes, checksum = write_volume(cache.file_for(key), array, header, cache.clevel)
+        target = cache.file_for(key)
+        for stale in target.parent.glob(f".{target.name}.*.tmp"):  # left by a worker killed while writing
+            stale.unlink(missing_ok=True)
+        nbytes, checksum = write_volume(target, array, header, cache.clevel)
     except Exception as exc:
         error = _volume_error(exc) or exc
         return {**record, "status": "failed", "error": f"{type(error).__name__}: {error}"}
@@ -90,7 +110,7 @@ def prepare_volume(entry: Mapping[str, Any]) -> dict[str, Any]:
     return {
         **record,
         "status": "done",
-        "file": str(cache.file_for(key).relative_to(cache.folder)),
+        "file": str(target.relative_to(cache.folder)),
         "bytes": nbytes,
         "checksum": checksum,
         "shape": list(array.shape),
@@ -154,7 +174,7 @@ class Preparer:
             yield from map(prepare_volume, todo)
             return
         context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-        with context.Pool(self.workers, initializer=_init_worker, initargs=(self.cache,)) as pool:
+        with context.Pool(self.workers, initializer=_init_pool_worker, initargs=(self.cache,)) as pool:
             yield from pool.imap_unordered(prepare_volume, todo)
 
     def run(self) -> dict[str, Any]:

@@ -47,6 +47,9 @@ FORMAT_VERSION = 1
 CACHE_DTYPES = ("uint8", "float16")
 CACHE_MODES = ("auto", "prepared", "lazy")
 MAGIC = b"VOCOVOL1"
+DEFAULT_CLEVEL = 1
+"""zstd level of the volume files: level 1 is within 2 % of level 5's size and several times faster
+(``benchmarks/bench_cache.py``, codec table)."""
 UINT8_SCALE = 255.0
 """A uint8 voxel ``q`` stands for the windowed value ``q / 255`` (error at most 1/510)."""
 FOLDER_PREFIX = "voco-"
@@ -108,7 +111,7 @@ def dequantise(array: np.ndarray | torch.Tensor) -> torch.Tensor:
     return tensor.float() / UINT8_SCALE if tensor.dtype == torch.uint8 else tensor.float()
 
 
-def encode_volume(array: np.ndarray, header: Mapping[str, Any], clevel: int = 3) -> bytes:
+def encode_volume(array: np.ndarray, header: Mapping[str, Any], clevel: int = DEFAULT_CLEVEL) -> bytes:
     """One volume file: ``MAGIC``, a 4-byte little-endian header length, the JSON header, the blosc2 payload.
 
     The payload is ``blosc2.compress2`` of the C-order array bytes (zstd at ``clevel``, no filter for
@@ -123,7 +126,9 @@ def encode_volume(array: np.ndarray, header: Mapping[str, Any], clevel: int = 3)
     return MAGIC + len(meta).to_bytes(4, "little") + meta + payload
 
 
-def write_volume(path: str | Path, array: np.ndarray, header: Mapping[str, Any], clevel: int = 3) -> tuple[int, str]:
+def write_volume(
+    path: str | Path, array: np.ndarray, header: Mapping[str, Any], clevel: int = DEFAULT_CLEVEL
+) -> tuple[int, str]:
     """Write one volume file atomically (temp file in the same folder + rename); returns (bytes, sha1 hex)."""
     blob = encode_volume(array, header, clevel)
     atomic_write(path, lambda handle: handle.write(blob), "wb")
@@ -186,7 +191,7 @@ class VolumeCache:
     """
 
     def __init__(
-        self, root: str | Path, preprocessing: Mapping[str, Any], dtype: str = "uint8", clevel: int = 3
+        self, root: str | Path, preprocessing: Mapping[str, Any], dtype: str = "uint8", clevel: int = DEFAULT_CLEVEL
     ) -> None:
         if dtype not in CACHE_DTYPES:
             raise ValueError(f"cache dtype must be one of {CACHE_DTYPES}, got {dtype!r}.")
