@@ -100,7 +100,7 @@ class VoCoPrepareBatch(PrepareBatch):
                 shifts = (
                     torch.as_tensor(batchdata[self.shift_key]).flatten().to(device=device, non_blocking=non_blocking)
                 )
-                inputs = inputs + shifts.view(-1, *([1] * (inputs.ndim - 1)))
+                inputs.add_(shifts.view(-1, *([1] * (inputs.ndim - 1))))
         return inputs, labels.to(device=device, non_blocking=non_blocking, **kwargs)
 
 

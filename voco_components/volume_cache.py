@@ -108,7 +108,7 @@ def quantise(image: np.ndarray, dtype: str) -> np.ndarray:
 def dequantise(array: np.ndarray | torch.Tensor) -> torch.Tensor:
     """The float32 values a cached array stands for: ``uint8 / 255``, ``float16`` widened; same shape."""
     tensor = torch.as_tensor(array)
-    return tensor.float() / UINT8_SCALE if tensor.dtype == torch.uint8 else tensor.float()
+    return tensor.float().div_(UINT8_SCALE) if tensor.dtype == torch.uint8 else tensor.float()
 
 
 def encode_volume(array: np.ndarray, header: Mapping[str, Any], clevel: int = DEFAULT_CLEVEL) -> bytes:
