@@ -48,7 +48,7 @@ CACHE_DTYPES = ("uint8", "float16")
 CACHE_MODES = ("auto", "prepared", "lazy")
 MAGIC = b"VOCOVOL1"
 DEFAULT_CLEVEL = 1
-"""zstd level of the volume files: level 1 is within 2 % of level 5's size and several times faster
+"""zstd level of the volume files: level 1 is within 4 % of level 5's size and several times faster
 (``benchmarks/bench_cache.py``, codec table)."""
 UINT8_SCALE = 255.0
 """A uint8 voxel ``q`` stands for the windowed value ``q / 255`` (error at most 1/510)."""
