@@ -272,6 +272,8 @@ def test_a_mismatched_cache_is_refused_naming_it(tmp_path):
     cache = VolumeCache(tmp_path / "cache", SETTINGS)
     Preparer(cache, data, workers=0, progress=False).run()
     assert open_cache(tmp_path / "cache", SETTINGS).folder == cache.folder
+    as_ints = {**SETTINGS, "hu_range": [-175, 250], "spacing": (3, 3, 5)}  # the same numbers, other types
+    assert open_cache(tmp_path / "cache", as_ints).folder == cache.folder
     other = {**SETTINGS, "spacing": [2.0, 2.0, 5.0]}
     with pytest.raises(CacheMismatchError) as info:
         open_cache(tmp_path / "cache", other)

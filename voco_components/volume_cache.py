@@ -202,7 +202,7 @@ class VolumeCache:
             "preprocessing": _canonical(dict(preprocessing)),
             "dtype": dtype,
         }
-        digest = hashlib.sha1(json.dumps(self.settings, sort_keys=True).encode()).hexdigest()
+        digest = hashlib.sha1(json.dumps(_as_floats(self.settings), sort_keys=True).encode()).hexdigest()
         self.folder = self.root / f"{FOLDER_PREFIX}{digest[:12]}"
         self.dtype = dtype
         self.clevel = int(clevel)
@@ -226,7 +226,7 @@ class VolumeCache:
         """Refuse a cache folder whose ``settings.json`` differs from these settings (names the folder)."""
         path = self.folder / SETTINGS_FILE
         stored = json.loads(path.read_text())
-        if stored != self.settings:
+        if _as_floats(stored) != _as_floats(self.settings):
             raise CacheMismatchError(
                 f"{self.folder}: prepared cache made with other settings ({_difference(stored, self.settings)}); "
                 "run prepare for the current settings or point cache_dir elsewhere."
@@ -254,6 +254,15 @@ class VolumeCache:
         return load_manifest(self.folder / MANIFEST_DIR)
 
 
+def _as_floats(value: Any) -> Any:
+    """``value`` with every number as a float, so that ``250`` and ``250.0`` name the same settings."""
+    if isinstance(value, Mapping):
+        return {k: _as_floats(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_as_floats(v) for v in value]
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+
 def _difference(stored: Mapping[str, Any], wanted: Mapping[str, Any]) -> str:
     """``name: cached -> wanted`` for the settings that differ (one level into ``preprocessing``)."""
     flat_stored = {**stored, **{f"preprocessing.{k}": v for k, v in stored.get("preprocessing", {}).items()}}
@@ -262,7 +271,7 @@ def _difference(stored: Mapping[str, Any], wanted: Mapping[str, Any]) -> str:
     diffs = [
         f"{k}: {flat_stored.get(k)!r} -> {flat_wanted.get(k)!r}"
         for k in keys
-        if flat_stored.get(k) != flat_wanted.get(k)
+        if _as_floats(flat_stored.get(k)) != _as_floats(flat_wanted.get(k))
     ]
     return "; ".join(diffs) or "settings.json differs"
 
