@@ -153,16 +153,21 @@ def cpu_overrides(bundle: Path) -> dict:
 
 
 def run_bundle_cli(
-    bundle: str, configs: Sequence[str], overrides: dict[str, Any], processes: int = 1, timeout: int = 900
+    bundle: str,
+    configs: Sequence[str],
+    overrides: dict[str, Any],
+    processes: int = 1,
+    timeout: int = 900,
+    run_id: str = "training",
 ) -> subprocess.CompletedProcess:
-    """``python -m monai.bundle run training`` of ``bundles/<bundle>`` over ``configs`` (merged in order), with
+    """``python -m monai.bundle run <run_id>`` of ``bundles/<bundle>`` over ``configs`` (merged in order), with
     ``overrides`` as ``--id=<json>`` flags; with ``processes`` > 1 under ``torchrun`` on this host, one thread each."""
     folder = BUNDLES / bundle / "configs"
     launcher = [sys.executable]
     if processes > 1:
         launcher += ["-m", "torch.distributed.run", "--standalone", "--nnodes=1", f"--nproc_per_node={processes}"]
     command = [
-        *launcher, "-m", "monai.bundle", "run", "training",
+        *launcher, "-m", "monai.bundle", "run", run_id,
         "--config_file", str([str(folder / c) for c in configs]),
         "--meta_file", str(folder / "metadata.json"), "--logging_file", str(folder / "logging.conf"),
         *(f"--{k}={json.dumps(v).replace(' ', '')}" for k, v in overrides.items()),

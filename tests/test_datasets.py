@@ -324,6 +324,24 @@ def test_resumable_sampler_partitions_each_step_across_ranks():
         assert list(sampler) == [] and len(sampler) == 0
 
 
+@pytest.mark.parametrize("length", [24, 25, 29])
+def test_resumable_sampler_follows_distributed_sampler_in_constant_memory(length):
+    """Reference: DistributedSampler(shuffle=False, drop_last=True)'s list, minus the steps already done;
+    a stream of 10^12 samples iterates at once (no list of its indices)."""
+    from torch.utils.data import DistributedSampler
+
+    for world in (1, 2, 3):
+        for rank in range(world):
+            reference = list(DistributedSampler(range(length), world, rank, shuffle=False, drop_last=True))
+            sampler = ResumableDistributedSampler(range(length), batch_size=2, num_replicas=world, rank=rank)
+            for step in (0, 1, 3):
+                sampler.set_start_step(step)
+                assert list(sampler) == reference[2 * step :] and len(sampler) == len(reference[2 * step :])
+    huge = ResumableDistributedSampler(range(10**12), batch_size=4, num_replicas=8, rank=5)
+    huge.set_start_step(10**9)
+    assert next(iter(huge)) == 5 + 4 * 8 * 10**9
+
+
 def test_resumable_sampler_in_a_loader_resumes_at_the_step():
     stream = list(range(24))
     sampler = ResumableDistributedSampler(stream, batch_size=2, num_replicas=3, rank=1)

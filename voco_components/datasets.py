@@ -14,8 +14,9 @@ from monai.transforms import Randomizable, apply_transform
 from torch.utils.data import DistributedSampler
 
 from voco_components.data import VolumeError
+from voco_components.volume_cache import LoadCachedVolumed, VolumeCache, entry_text
 
-__all__ = ["sample_seed", "hash_entry_and_files", "VoCoStepDataset", "ResumableDistributedSampler"]
+__all__ = ["sample_seed", "hash_entry_and_files", "PreparedVolumes", "VoCoStepDataset", "ResumableDistributedSampler"]
 
 logger = logging.getLogger(__name__)
 ON_BAD_VOLUME = ("raise", "skip")
@@ -57,13 +58,57 @@ def _volume_error(exc: BaseException) -> VolumeError | None:
     return None
 
 
+class PreparedVolumes:
+    """The volumes of a datalist, read from a prepared :class:`VolumeCache` through its manifest.
+
+    Start-up touches no volume or source file: each entry is looked up in the merged manifest, and
+    only its volume file name and checksum are kept. Item ``i`` is ``data[i]`` with the image loaded by
+    :class:`LoadCachedVolumed` (uint8 or float16 ``MetaTensor`` (1, *spatial)).
+
+    Attributes:
+        missing: indices of entries without a ``done`` record (never prepared, or failed) -> reason.
+    """
+
+    def __init__(self, data: Sequence[dict[str, Any]], cache: VolumeCache) -> None:
+        self.data = data
+        self.folder = cache.folder
+        records = cache.records()
+        self.files: list[tuple[str, str] | None] = []
+        self.missing: dict[int, str] = {}
+        for index, entry in enumerate(data):
+            record = records.get(entry_text(entry))
+            if record is not None and record.get("status") == "done":
+                self.files.append((record["file"], record["checksum"]))
+                continue
+            self.files.append(None)
+            self.missing[index] = record.get("error", "failed") if record else "not in the manifest"
+        self.load = LoadCachedVolumed("image")
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        found = self.files[index]
+        if found is None:
+            raise VolumeError(f"{self.data[index]['image']}: not in the prepared cache {self.folder}.")
+        item = {**self.data[index], "image": str(self.folder / found[0]), "image_checksum": found[1]}
+        return self.load(item)
+
+    def describe_missing(self, limit: int = 5) -> str:
+        """The first ``limit`` missing entries with their reason, and how many more there are."""
+        names = [f"{self.data[i]['image']} ({why})" for i, why in list(self.missing.items())[:limit]]
+        more = len(self.missing) - len(names)
+        return "; ".join(names) + (f"; and {more} more" if more > 0 else "")
+
+
 class VoCoStepDataset(Dataset):
     """Sample ``i`` of a training or validation stream is a pure function of ``(seed, i)``.
 
     Volumes are visited in passes: pass ``e = i // len(data)`` uses the permutation drawn from
     ``(seed, e)`` (or the datalist order when ``shuffle`` is False). The deterministic preprocessing
-    runs once per volume and is cached on disk when ``cache_dir`` is given (``PersistentDataset``, keyed
-    by the entry and by a hash of the transforms, so a changed spacing or region never reuses a stale cache);
+    runs once per volume: read from the prepared cache when ``volume_cache`` is given (see
+    :mod:`voco_components.prepare`), else cached lazily on disk when ``cache_dir`` is given (``PersistentDataset``,
+    keyed by the entry and by a hash of the transforms, so a changed spacing or region never reuses a stale cache);
     the random transform (VoCo crops and augmentation) is reseeded from ``(seed, i)`` for every
     sample. A run resumed at step ``s`` therefore sees exactly the samples an uninterrupted run would,
     whatever the number of workers.
@@ -75,10 +120,15 @@ class VoCoStepDataset(Dataset):
         num_samples: length of the stream (steps × global batch size for training).
         seed: seed of the stream.
         shuffle: a new volume order per pass.
-        cache_dir: on-disk cache of the preprocessed volumes (keyed by the entry, its files' size and
-            modification time, and the transforms); None to preprocess on every access.
+        cache_dir: lazy on-disk cache of the preprocessed volumes (keyed by the entry, its files' size and
+            modification time, and the transforms); None to preprocess on every access. Unused with
+            ``volume_cache``.
         on_bad_volume: ``raise`` (default) stops at an unreadable or invalid volume with a
             :class:`VolumeError` naming it; ``skip`` logs it once and uses the next volume of the pass.
+            With ``volume_cache``, entries that are not prepared (missing or failed in the manifest)
+            are refused at construction under ``raise`` and skipped, with one warning, under ``skip``.
+        volume_cache: the prepared cache to read (``transform`` is then unused: the volumes come out
+            uint8 or float16 as stored, and ``random_transform`` must accept that).
     """
 
     def __init__(
@@ -91,44 +141,69 @@ class VoCoStepDataset(Dataset):
         shuffle: bool = True,
         cache_dir: str | Path | None = None,
         on_bad_volume: str = "raise",
+        volume_cache: VolumeCache | None = None,
     ) -> None:
         if not data:
             raise ValueError("VoCoStepDataset needs at least one volume in data.")
         if on_bad_volume not in ON_BAD_VOLUME:
             raise ValueError(f"on_bad_volume must be one of {ON_BAD_VOLUME}, got {on_bad_volume!r}.")
         super().__init__(data=data, transform=transform)
-        self.volumes = (
-            PersistentDataset(
+        self.bad_volumes: set[int] = set()
+        if volume_cache is not None:
+            self.volumes = self._prepared(data, volume_cache, on_bad_volume)
+        elif cache_dir is not None:
+            self.volumes = PersistentDataset(
                 data=data,
                 transform=transform,
                 cache_dir=cache_dir,
                 hash_func=hash_entry_and_files,
                 hash_transform=pickle_hashing,
             )
-            if cache_dir is not None
-            else Dataset(data=data, transform=transform)
-        )
+        else:
+            self.volumes = Dataset(data=data, transform=transform)
         self.random_transform = random_transform
         self.num_samples = int(num_samples)
         self.seed = int(seed)
         self.shuffle = shuffle
         self.on_bad_volume = on_bad_volume
-        self.bad_volumes: set[int] = set()
+        self._order: tuple[int, np.ndarray] | None = None
+
+    def _prepared(self, data: Sequence[dict[str, Any]], cache: VolumeCache, on_bad_volume: str) -> PreparedVolumes:
+        """The prepared volumes of ``data``; refuses (``raise``) or skips (``skip``) entries not in the cache."""
+        volumes = PreparedVolumes(data, cache)
+        if volumes.missing and on_bad_volume == "raise":
+            raise VolumeError(
+                f"{len(volumes.missing)} of {len(data)} volumes are not in the prepared cache {cache.folder}: "
+                f"{volumes.describe_missing()}. Run the prepare id for this datalist, or set on_bad_volume='skip'."
+            )
+        if volumes.missing:
+            logger.warning(
+                f"skipping {len(volumes.missing)} volumes not in the prepared cache {cache.folder} "
+                f"(on_bad_volume='skip'): {volumes.describe_missing()}"
+            )
+            self.bad_volumes.update(volumes.missing)
+        return volumes
 
     def __len__(self) -> int:
         return self.num_samples
 
     def pass_order(self, index: int) -> list[int]:
         """Volume indices of the pass that sample ``index`` belongs to."""
-        n = len(self.data)
-        if not self.shuffle:
-            return list(range(n))
-        return np.random.default_rng([self.seed, index // n]).permutation(n).tolist()
+        return self._pass_array(index).tolist()
+
+    def _pass_array(self, index: int) -> np.ndarray:
+        """:meth:`pass_order` as an array, remembered for the current pass (a pass of 10^5 volumes is long)."""
+        n, current = len(self.data), index // len(self.data)
+        if self._order is None or self._order[0] != current:
+            order = np.random.default_rng([self.seed, current]).permutation(n) if self.shuffle else np.arange(n)
+            self._order = (current, order)
+        return self._order[1]
 
     def _load_volume(self, index: int) -> dict[str, Any]:
-        order = self.pass_order(index)
-        start = index % len(order)
-        for volume in order[start:] + order[:start]:
+        order = self._pass_array(index)
+        n = len(order)
+        for offset in range(n):
+            volume = int(order[(index + offset) % n])
             if volume in self.bad_volumes:
                 continue
             try:
@@ -177,8 +252,9 @@ class ResumableDistributedSampler(DistributedSampler):
         self.start = int(step) * self.batch_size
 
     def __iter__(self):
-        indices = list(super().__iter__())
-        return iter(indices[self.start :])
+        # DistributedSampler(shuffle=False, drop_last=True) yields rank, rank + W, ... below total_size;
+        # a range gives the same indices in constant memory, whatever the length of the stream
+        return iter(range(self.rank + self.start * self.num_replicas, self.total_size, self.num_replicas))
 
     def __len__(self) -> int:
         return max(0, self.num_samples - self.start)

@@ -14,6 +14,7 @@ from voco_components.checkpoint import unwrap_ddp
 from voco_components.losses import OfficialVoCoLoss, VoCoLoss
 from voco_components.networks import VoCoTeacherStudent
 from voco_components.variants import get_variant
+from voco_components.volume_cache import dequantise
 
 __all__ = [
     "epochs_for",
@@ -62,11 +63,17 @@ class VoCoPrepareBatch(PrepareBatch):
 
     ``batchdata[image_key]``: (B, n + k, C, *roi) from :class:`voco_components.transforms.VoCoCropd`;
     ``batchdata[label_key]``: (B, k, n). Returns inputs (B * (n + k), C, *roi) and labels (B, k, n).
+
+    uint8 crops (from the prepared cache) are moved to the device as uint8 and only there become
+    float32 ``crop / 255 + offset``, the offsets being ``batchdata[shift_key]`` (B, n + k) when present.
     """
 
-    def __init__(self, image_key: str = CommonKeys.IMAGE, label_key: str = CommonKeys.LABEL) -> None:
+    def __init__(
+        self, image_key: str = CommonKeys.IMAGE, label_key: str = CommonKeys.LABEL, shift_key: str = "voco_shift"
+    ) -> None:
         self.image_key = image_key
         self.label_key = label_key
+        self.shift_key = shift_key
 
     def __call__(
         self,
@@ -87,6 +94,13 @@ class VoCoPrepareBatch(PrepareBatch):
                 f"got {tuple(labels.shape)}."
             )
         inputs = images.flatten(0, 1).to(device=device, non_blocking=non_blocking, **kwargs)
+        if inputs.dtype == torch.uint8:
+            inputs = dequantise(inputs)
+            if self.shift_key in batchdata:
+                shifts = (
+                    torch.as_tensor(batchdata[self.shift_key]).flatten().to(device=device, non_blocking=non_blocking)
+                )
+                inputs.add_(shifts.view(-1, *([1] * (inputs.ndim - 1))))
         return inputs, labels.to(device=device, non_blocking=non_blocking, **kwargs)
 
 

@@ -34,10 +34,22 @@ class VoCoCropd(Randomizable, MapTransform):
     Writes, for every key in ``keys`` (all cropped at the same boxes with the same augmentation), plain
     tensors: the crops no longer have one affine, so a ``MetaTensor`` input's metadata is not carried over.
 
-    - ``key``: float tensor (n + k, C, *roi_size), the n base crops first (C order over the grid, see
-      :func:`voco_components.labels.base_boxes`), then the k random crops;
+    uint8 volumes (the prepared cache's, ``q / 255`` standing for the windowed value) are never
+    converted to float as a whole: the crops are sliced and flipped/rotated as uint8 and stay uint8,
+    so that they travel 4× smaller to the training device; the intensity offsets, which act on the
+    [0, 1] values and may leave [0, 1], are written to ``shift_key`` instead of being added, and
+    :class:`voco_components.engine.VoCoPrepareBatch` computes ``crop / 255 + offset`` on the device.
+    A uint8 volume off the sampling grid is resized in float and rounded back, and random crops that need
+    resampling are interpolated in float per crop box and rounded back (error at most 1/255 against the
+    float volume instead of 1/510); the prepared cache stores the sampling grid, so neither happens there.
+    Float volumes (float32, or the cache's float16) and other integer volumes (converted to float32 first,
+    e.g. raw HU) give float crops with the offsets added.
+
+    - ``key``: tensor (n + k, C, *roi_size), float32 (float64 for float64 input, uint8 for uint8 input), the n base
+      crops first (C order over the grid, see :func:`voco_components.labels.base_boxes`), then the k random crops;
     - ``label_key``: float32 (k, n) position labels of the random crops;
-    - ``box_key``: float32 (n + k, 3, 2) ``[start, end)`` of every crop in region coordinates.
+    - ``box_key``: float32 (n + k, 3, 2) ``[start, end)`` of every crop in region coordinates;
+    - ``shift_key``: float32 (n + k,) intensity offsets per crop, only when a key holds a uint8 volume.
 
     Args:
         keys: keys of the channel-first 3D images to crop.
@@ -48,6 +60,7 @@ class VoCoCropd(Randomizable, MapTransform):
         crop_size: random-crop size in region units; one base cell when None.
         label_key: where the (k, n) position labels go.
         box_key: where the (n + k, 3, 2) crop boxes go.
+        shift_key: where the (n + k,) intensity offsets of uint8 crops go.
         flip_prob: per crop and per spatial axis, the probability of a flip.
         rot90_prob: per crop, the probability of a rotation by 90, 180 or 270 degrees in the first two
             spatial axes (needs equal ``roi_size`` on those axes).
@@ -67,6 +80,7 @@ class VoCoCropd(Randomizable, MapTransform):
         crop_size: Sequence[float] | None = None,
         label_key: str = "label",
         box_key: str = "voco_boxes",
+        shift_key: str = "voco_shift",
         flip_prob: float = 0.0,
         rot90_prob: float = 0.0,
         shift_intensity_prob: float = 0.0,
@@ -103,6 +117,7 @@ class VoCoCropd(Randomizable, MapTransform):
         self.num_crops = int(num_crops)
         self.label_key = label_key
         self.box_key = box_key
+        self.shift_key = shift_key
         self.flip_prob = flip_prob
         self.rot90_prob = rot90_prob
         self.shift_intensity_prob = shift_intensity_prob
@@ -133,12 +148,15 @@ class VoCoCropd(Randomizable, MapTransform):
         return torch.stack((starts, starts + self.crop_size), dim=-1)
 
     def _to_sampling_grid(self, image: torch.Tensor) -> torch.Tensor:
-        """Resample (C, *spatial) to (C, *sampling_shape), or return it as is when it already has that shape."""
+        """Resample (C, *spatial) to (C, *sampling_shape), or return it as is when it already has that shape.
+
+        An integer volume off the grid is interpolated in float and rounded back to its dtype.
+        """
         shape = tuple(int(s) for s in self.sampling_shape)
-        image = image if image.is_floating_point() else image.float()
         if tuple(image.shape[1:]) == shape:
             return image
-        return F.interpolate(image[None], size=shape, mode="trilinear", align_corners=False)[0]
+        resized = F.interpolate(image[None].float(), size=shape, mode="trilinear", align_corners=False)[0]
+        return resized if image.is_floating_point() else _round_to(resized, image.dtype)
 
     def _crop(self, grid_image: torch.Tensor) -> torch.Tensor:
         """(C, *sampling_shape) -> (n + k, C, *roi_size): the base cells in C order, then the random crops.
@@ -149,28 +167,44 @@ class VoCoCropd(Randomizable, MapTransform):
         gx, gy, gz = (int(g) for g in self.grid)
         rx, ry, rz = (int(r) for r in self.roi_size)
         n = gx * gy * gz
-        out = grid_image.new_empty((n + self.num_crops, c, rx, ry, rz))
+        dtype = torch.float32 if grid_image.dtype in (torch.float16, torch.bfloat16) else grid_image.dtype
+        out = grid_image.new_empty((n + self.num_crops, c, rx, ry, rz), dtype=dtype)
         cells = grid_image.reshape(c, gx, rx, gy, ry, gz, rz).permute(1, 3, 5, 0, 2, 4, 6)
         out[:n].view(gx, gy, gz, c, rx, ry, rz).copy_(cells)
         if self.slice_only:
             for j, (x, y, z) in enumerate(self._starts.tolist()):
                 out[n + j].copy_(grid_image[:, x : x + rx, y : y + ry, z : z + rz])
-        else:
-            out[n:] = self._resampled_random_crops(grid_image)
+        elif grid_image.dtype == dtype and dtype.is_floating_point:
+            out[n:] = self._resampled_random_crops(grid_image, self._starts)
+        else:  # integer or half: resample each crop's own box in float, never the whole volume
+            for j in range(self.num_crops):
+                box, starts = self._crop_box(j)
+                crop = self._resampled_random_crops(grid_image[(slice(None), *box)].float(), starts)[0]
+                out[n + j] = crop if dtype.is_floating_point else _round_to(crop, dtype)
         return out
 
-    def _resampled_random_crops(self, grid_image: torch.Tensor) -> torch.Tensor:
-        """(C, *sampling_shape) -> (k, C, *roi_size) by trilinear resampling of boxes of any size."""
+    def _crop_box(self, j: int) -> tuple[tuple[slice, ...], torch.Tensor]:
+        """Random crop ``j``'s voxel box in the sampling grid, one voxel of margin for the interpolation
+        (clipped to the grid), and the crop's start relative to that box, (1, 3)."""
+        start = self._starts[j].double()
+        low = torch.clamp(torch.floor(start) - 1, min=0).long()
+        high = torch.minimum(torch.ceil(start + self.crop_extent).long() + 1, self.sampling_shape)
+        box = tuple(slice(int(a), int(b)) for a, b in zip(low, high, strict=True))
+        return box, (start - low)[None]
+
+    def _resampled_random_crops(self, volume: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
+        """(C, *spatial) float -> (k, C, *roi_size) by trilinear resampling of the k boxes of ``crop_extent``
+        voxels that start at ``starts`` (k, 3), in ``volume``'s voxel coordinates."""
         roi = [int(r) for r in self.roi_size]
         # one trilinear grid_sample over all k boxes (align_corners=False convention)
-        size = self.sampling_shape.to(torch.float64)
+        size = torch.as_tensor(volume.shape[1:], dtype=torch.float64)
         axes = []
         for axis in range(3):
             step = self.crop_extent[axis] / roi[axis]
-            centres = self._starts[:, axis, None].double() + (torch.arange(roi[axis]) + 0.5) * step  # (k, r)
+            centres = starts[:, axis, None].double() + (torch.arange(roi[axis]) + 0.5) * step  # (k, r)
             axes.append(2.0 * centres / size[axis] - 1.0)
         cx, cy, cz = axes
-        k = self.num_crops
+        k = starts.shape[0]
         grid = torch.stack(
             torch.broadcast_tensors(
                 cz[:, None, None, :], cy[:, None, :, None], cx[:, :, None, None]
@@ -178,9 +212,9 @@ class VoCoCropd(Randomizable, MapTransform):
             dim=-1,
         ).reshape(1, k * roi[0], roi[1], roi[2], 3)
         sampled = F.grid_sample(
-            grid_image[None], grid.to(grid_image.dtype), mode="bilinear", padding_mode="border", align_corners=False
+            volume[None], grid.to(volume.dtype), mode="bilinear", padding_mode="border", align_corners=False
         )[0]
-        c = grid_image.shape[0]
+        c = volume.shape[0]
         return sampled.reshape(c, k, *roi).transpose(0, 1)
 
     def _draw_augmentation(self, num: int) -> list[tuple[list[int], int, float]]:
@@ -197,14 +231,16 @@ class VoCoCropd(Randomizable, MapTransform):
 
     @staticmethod
     def _augment(crops: torch.Tensor, plan: list[tuple[list[int], int, float]]) -> torch.Tensor:
-        """Apply one drawn plan to (N, C, *roi) crops, the same for every key."""
+        """Apply one drawn plan to (N, C, *roi) crops, the same for every key; integer crops get no
+        intensity offset (it goes to ``shift_key``)."""
+        shifting = crops.is_floating_point()
         out = []
         for crop, (flips, turns, shift) in zip(crops, plan, strict=True):
             if flips:
                 crop = torch.flip(crop, dims=flips)
             if turns:
                 crop = torch.rot90(crop, k=turns, dims=(1, 2))
-            out.append(crop + shift if shift else crop)
+            out.append(crop + shift if shift and shifting else crop)
         return torch.stack(out)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
@@ -212,6 +248,7 @@ class VoCoCropd(Randomizable, MapTransform):
         self.randomize()
         augmenting = self.flip_prob > 0 or self.rot90_prob > 0 or self.shift_intensity_prob > 0
         plan = self._draw_augmentation(len(self.base) + self.num_crops) if augmenting else None
+        integer = False
         for key in self.key_iterator(d):
             value = d[key]
             image = convert_to_tensor(value.as_tensor() if isinstance(value, MetaTensor) else value, track_meta=False)
@@ -220,9 +257,21 @@ class VoCoCropd(Randomizable, MapTransform):
                     f"VoCoCropd: '{key}' of {volume_name(value)} must be a channel-first 3D volume (C, X, Y, Z), "
                     f"got shape {tuple(image.shape)}."
                 )
+            if not image.is_floating_point() and image.dtype != torch.uint8:
+                image = image.float()  # other integers (e.g. raw HU) are values, not quantised [0, 1]
             crops = self._crop(self._to_sampling_grid(image))
             d[key] = self._augment(crops, plan) if plan is not None else crops
+            integer = integer or not crops.is_floating_point()
+        if integer:
+            shifts = [shift for _, _, shift in plan] if plan is not None else [0.0] * (len(self.base) + self.num_crops)
+            d[self.shift_key] = torch.tensor(shifts, dtype=torch.float32)
         boxes = self.random_boxes()
         d[self.label_key] = position_labels(boxes, self.region_size, self.grid)
         d[self.box_key] = torch.cat((self.base.to(torch.float64), boxes)).to(torch.float32)
         return d
+
+
+def _round_to(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Float ``values`` rounded and clipped into the integer ``dtype``."""
+    info = torch.iinfo(dtype)
+    return values.round().clamp(info.min, info.max).to(dtype)
