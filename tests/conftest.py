@@ -19,7 +19,7 @@ from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
+DATA = Path(__file__).resolve().parent / "data"
 BUNDLES = REPO / "bundles"
 
 # voco_pretrain at a size that trains in seconds on CPU
@@ -62,9 +62,10 @@ def write_ct(path: Path, shape=(80, 80, 24), spacing=(1.5, 1.5, 5.0), seed: int 
 
 @pytest.fixture(scope="session")
 def schema_file(tmp_path_factory) -> Path:
-    """The Model Zoo metadata schema, copied to a scratch path (verify_metadata then skips the download)."""
+    """The Model Zoo metadata schema (``tests/data``), copied to a scratch path (verify_metadata then skips the
+    download)."""
     target = tmp_path_factory.mktemp("schema") / "schema.json"
-    shutil.copy(SHARED / "schemas" / "meta_schema_20240725.json", target)
+    shutil.copy(DATA / "meta_schema_20240725.json", target)
     return target
 
 
