@@ -243,6 +243,20 @@ def test_killed_run_resumes_exactly(tmp_path, demo_dir, voco_encoder):
 
 
 @pytest.mark.slow
+def test_max_steps_3_alone_trains_3_steps_saves_and_resumes_exactly(tmp_path, demo_dir):
+    """The CPU demo overlay (validation every 5 epochs) with --max_steps 3 of a 12-step epoch: the run stops
+    at step 3, validates, exports the best model, and a run killed after step 3 resumes exactly from step 2."""
+    settings = {**TINY, "dataset_dir": str(demo_dir), "pretrained": "null", "max_steps": 3, "checkpoint_interval": 2}
+    settings.pop("max_epochs")
+    assert_resumes_exactly(tmp_path, BUNDLE.name, settings, 3, 2, ("train.json", "cpu_demo.json"))
+    state = torch.load(tmp_path / "full" / "outputs" / "checkpoints" / "checkpoint_3.pt", weights_only=True)
+    assert state["trainer"]["epoch_length"] == 12 and state["lr_scheduler"]["last_epoch"] == 3
+    assert state["lr_scheduler"]["_last_lr"] == [0.0]
+    info = json.loads((tmp_path / "full" / "models" / "model.json").read_text())
+    assert info["steps"] == 3 and info["weights"] == "best" and info["best"]["epoch"] == 1
+
+
+@pytest.mark.slow
 def test_multi_gpu_config_runs_ddp_on_cpu_with_two_processes(tmp_path, demo_dir, voco_encoder):
     overrides = {**TINY, "bundle_root": str(tmp_path), "dataset_dir": str(demo_dir), "pretrained": str(voco_encoder)}
     result = run_bundle_cli(BUNDLE.name, ["train.json", "multi_gpu_train.json"], overrides, processes=2)

@@ -98,6 +98,20 @@ def test_killed_run_resumes_exactly(tmp_path):
 
 
 @pytest.mark.slow
+def test_max_steps_3_alone_trains_3_steps_saves_and_resumes_exactly(tmp_path):
+    """The CPU demo (20 steps per validation epoch) with --max_steps 3: one short epoch, validated, checkpointed
+    at step 3, and a run killed after step 3 resumes from step 2; the schedule ends at step 3 (cosine to 0)."""
+    settings = {k: v for k, v in TINY.items() if k not in ("max_steps", "val_every_steps", "checkpoint_interval")}
+    settings = {**settings, "max_steps": 3, "checkpoint_interval": 2}
+    assert_resumes_exactly(tmp_path, "voco_pretrain", settings, 3, 2, ("train.json", "cpu_demo.json"))
+    state = torch.load(tmp_path / "full" / "outputs" / "checkpoints" / "checkpoint_3.pt", weights_only=True)
+    assert state["trainer"]["epoch_length"] == 20 and state["lr_scheduler"]["last_epoch"] == 3
+    assert state["lr_scheduler"]["_last_lr"] == [0.0]  # warm-up 1 step, then cosine over steps 1..3
+    info = json.loads((tmp_path / "full" / "models" / "model.json").read_text())
+    assert info["steps"] == 3 and info["max_steps"] == 3 and "val_position_top1" in info["metrics"]
+
+
+@pytest.mark.slow
 def test_cli_training_id_and_evaluate_and_inference(tmp_path):
     """The `training` id through the CLI, then evaluate.json and inference.json on its outputs."""
     overrides = [f"--{k} {json.dumps(v).replace(' ', '')}" for k, v in TINY.items()]
