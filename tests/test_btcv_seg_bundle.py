@@ -191,6 +191,27 @@ def test_inference_writes_label_maps_on_the_input_grid(tmp_path):
     assert set(values.tolist()) <= set(range(len(CLASSES))) and result.get_data_dtype() == np.uint8
 
 
+@pytest.mark.parametrize("form", ["folder", "glob", "testing"])
+def test_inference_reads_a_folder_a_glob_or_a_testing_list_and_names_outputs_after_inputs(tmp_path, form):
+    data = tmp_path / "data"
+    images = [write_ct(data / "ct" / "scan_a.nii.gz", shape=(48, 48, 16), seed=1)]
+    images.append(write_ct(data / "ct" / "1.3.6.99.nii", shape=(40, 48, 16), seed=2))
+    (data / "datalist.json").write_text(json.dumps({"testing": [str(p.relative_to(data)) for p in images]}))
+    datalist = {"folder": str(data / "ct"), "glob": str(data / "ct" / "*.nii*"), "testing": str(data / "datalist.json")}
+    settings = {"datalist": datalist[form]}
+    network = workflow(tmp_path, data, ("inference.json",), "infer", **settings).parser.get_parsed_content(
+        "network_def"
+    )
+    (tmp_path / "models").mkdir()
+    torch.save(network.state_dict(), tmp_path / "models" / "model.pt")
+    workflow(tmp_path, data, ("inference.json",), "infer", **settings).run()
+    outputs = sorted(p.name for p in (tmp_path / "outputs" / "predictions").iterdir())
+    assert outputs == ["1.3.6.99_seg.nii.gz", "scan_a_seg.nii.gz"]
+    for image in images:
+        prediction = tmp_path / "outputs" / "predictions" / f"{image.name.split('.nii')[0]}_seg.nii.gz"
+        assert nib.load(str(prediction)).shape == nib.load(str(image)).shape
+
+
 def test_a_missing_label_file_is_named(tmp_path, dataset):
     broken = tmp_path / "data"
     broken.mkdir()

@@ -226,6 +226,43 @@ def test_inference_writes_probabilities_that_sum_to_one(trained, demo_dir):
         assert volume["prediction"] == row["prediction"] == CLASS_NAMES[int(np.argmax(probabilities))]
 
 
+@pytest.mark.parametrize("form", ["folder", "glob", "testing"])
+def test_inference_reads_a_folder_a_glob_or_a_testing_list(tmp_path, form):
+    """Volumes without labels: each row of the probabilities is named by its input file."""
+    data = tmp_path / "data"
+    images = [
+        write_ct(data / "ct" / name, shape=(48, 48, 16), seed=i) for i, name in enumerate(["p2.nii.gz", "p1.nii"])
+    ]
+    datalist = {
+        "folder": str(data / "ct"),
+        "glob": str(data / "ct" / "p*"),
+        "testing": str(data / "datalist.json"),
+    }[form]
+    (data / "datalist.json").write_text(json.dumps({"testing": [{"image": f"ct/{p.name}"} for p in images]}))
+    settings = {"dataset_dir": str(data), "datalist": datalist}
+    if form == "testing":
+        settings["datalist_key"] = "testing"
+    network = workflow(tmp_path, data, ("inference.json",), "infer", **settings).parser.get_parsed_content("network")
+    (tmp_path / "models").mkdir()
+    torch.save(network.state_dict(), tmp_path / "models" / "model.pt")
+    workflow(tmp_path, data, ("inference.json",), "infer", **settings).run()
+    record = json.loads((tmp_path / "outputs" / "inference" / "probabilities.json").read_text())
+    expected = [str(p) for p in images] if form == "testing" else [str(images[1]), str(images[0])]  # sorted
+    assert [v["image"] for v in record["volumes"]] == expected
+    for volume in record["volumes"]:
+        assert sum(volume["probabilities"].values()) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_a_testing_list_needs_no_fold_and_no_labels(tmp_path):
+    datalist = tmp_path / "datalist.json"
+    datalist.write_text(json.dumps({"fold0": [{"image": "a.nii.gz", "label": 0}], "testing": ["t.nii.gz"]}))
+    assert load_classification_datalist(datalist, "/data", "testing", fold=0, require_labels=False) == [
+        {"image": "/data/t.nii.gz"}
+    ]
+    with pytest.raises(ValueError, match="t.nii.gz has no 'label'"):
+        load_classification_datalist(datalist, "/data", "testing", fold=0)
+
+
 # ---------------------------------------------------------------- exact resume, multi-GPU, CLI
 
 

@@ -238,6 +238,27 @@ def test_datalists_merge_and_resolve_against_dataset_dir(tmp_path):
         load_datalists(tmp_path / "nope.json", "/data")
 
 
+def test_folders_and_patterns_as_pretraining_and_inference_datalists(tmp_path):
+    """--datalist <folder> trains on all its volumes, --val_datalist <glob> validates on what it matches, and
+    inference on a folder writes one feature file per input, named after it (dots in the name kept)."""
+    train = [write_ct(tmp_path / "train" / f"{name}.nii.gz", seed=i) for i, name in enumerate(["b", "a"])]
+    held_out = write_ct(tmp_path / "val" / "1.3.6.1.4.mhd.nii.gz", seed=3)
+    wf = workflow(tmp_path, datalist=str(tmp_path / "train"), val_datalist=str(tmp_path / "val" / "*.nii.gz"))
+    assert wf.parser.get_parsed_content("train#data") == [{"image": str(p)} for p in sorted(train)]
+    assert wf.parser.get_parsed_content("validate#data") == [{"image": str(held_out)}]
+
+    tiny = {"feature_size": 12, "window_size": 4, "region_size": [64, 64, 32], "grid": [2, 2, 1]}
+    tiny |= {"roi_size": [32, 32, 32], "num_crops": 3, "datalist": str(tmp_path / "val")}
+    infer = workflow(tmp_path, ("inference.json",), "infer", **tiny)
+    (tmp_path / "models").mkdir()
+    torch.save(infer.parser.get_parsed_content("network_def").state_dict(), tmp_path / "models" / "model.pt")
+    workflow(tmp_path, ("inference.json",), "infer", **tiny).run()
+    written = sorted(p.name for p in (tmp_path / "outputs" / "features").iterdir())
+    assert written == ["1.3.6.1.4.mhd_voco.pt"]
+    record = torch.load(tmp_path / "outputs" / "features" / written[0], weights_only=True)
+    assert record["source"] == str(held_out) and record["features"].shape == (4 + 3, 16 * 12)
+
+
 def test_demo_data_ships_inside_the_package():
     meta = json.loads(DEMO_DATALIST.read_text())
     for entry in meta["training"] + meta["validation"]:
