@@ -305,6 +305,26 @@ def test_multi_gpu_config_runs_ddp_on_cpu_with_two_processes(tmp_path, demo_dir,
 
 
 @pytest.mark.slow
+def test_ddp_validation_of_one_volume_on_two_processes_equals_one_process(tmp_path, demo_dir):
+    """One validation volume, two ranks: every rank validates it, and the DDP accuracy (all-reduced) is the
+    accuracy of a single-process evaluation of the exported weights."""
+    train, val = fold_split(demo_dir / "datalist.json", 0)
+    datalist = tmp_path / "datalist.json"
+    datalist.write_text(json.dumps({"training": train[:2], "validation": val[:1]}))
+    overrides = {**TINY, "bundle_root": str(tmp_path), "dataset_dir": str(demo_dir), "pretrained": "null"}
+    overrides |= {"datalist": str(datalist), "fold": "null"}
+    result = run_bundle_cli(BUNDLE.name, ["train.json", "multi_gpu_train.json"], overrides, processes=2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    info = json.loads((tmp_path / "models" / "model.json").read_text())
+    assert info["steps"] == 1 and info["weights"] == "best"
+    single = workflow(tmp_path, demo_dir, ("train.json", "evaluate.json"), **overrides)
+    single.run()
+    report = json.loads((tmp_path / "outputs" / "eval" / "metrics.json").read_text())
+    assert report["num_volumes"] == 1
+    assert info["best"]["score"] == report["accuracy"]
+
+
+@pytest.mark.slow
 def test_cli_training_id_from_scratch_with_pretrained_null(tmp_path, demo_dir):
     overrides = {**TINY, "bundle_root": str(tmp_path), "dataset_dir": str(demo_dir), "pretrained": "null"}
     result = run_bundle_cli(BUNDLE.name, ["train.json"], overrides)

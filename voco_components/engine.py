@@ -42,7 +42,8 @@ class LastStepHandler:
     (after a resume too, so a run can be shortened or extended). When ``max_steps`` is not a multiple of the
     epoch length it ends the last epoch early with ``terminate_epoch``, so that ``EPOCH_COMPLETED`` and
     ``COMPLETED`` still fire: the periodic validation, the final checkpoint and the export run as after any
-    other last epoch. A run resumed at ``max_steps`` or later does no further step. With ``validator``, the
+    other last epoch (Ignite then opens the data iterator once more; with worker processes they load a few
+    samples that are never used). A run resumed at ``max_steps`` or later does no further step. With ``validator``, the
     last epoch is validated also when the periodic ``ValidationHandler(interval=val_interval)`` skips it, so a
     validation interval longer than the run still yields a validated (and best) model.
 
