@@ -19,7 +19,7 @@ from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
+DATA = Path(__file__).resolve().parent / "data"
 BUNDLES = REPO / "bundles"
 
 # voco_pretrain at a size that trains in seconds on CPU
@@ -62,9 +62,10 @@ def write_ct(path: Path, shape=(80, 80, 24), spacing=(1.5, 1.5, 5.0), seed: int 
 
 @pytest.fixture(scope="session")
 def schema_file(tmp_path_factory) -> Path:
-    """The Model Zoo metadata schema, copied to a scratch path (verify_metadata then skips the download)."""
+    """The Model Zoo metadata schema (``tests/data``), copied to a scratch path (verify_metadata then skips the
+    download)."""
     target = tmp_path_factory.mktemp("schema") / "schema.json"
-    shutil.copy(SHARED / "schemas" / "meta_schema_20240725.json", target)
+    shutil.copy(DATA / "meta_schema_20240725.json", target)
     return target
 
 
@@ -182,7 +183,7 @@ from pathlib import Path
 from ignite.engine import Events
 sys.path.insert(0, {tests!r})
 from conftest import bundle_workflow, record_losses
-wf = bundle_workflow({bundle!r}, **{settings!r})
+wf = bundle_workflow({bundle!r}, {configs!r}, **{settings!r})
 losses = record_losses(wf)
 def dump(engine):
     Path({log!r}).write_text(json.dumps({{"start": engine.state.iteration - len(losses), "losses": losses}}))
@@ -193,23 +194,38 @@ wf.run()
 """
 
 
-def _train_in_subprocess(bundle: str, settings: dict, log: Path, kill_at: int) -> subprocess.CompletedProcess:
+def _train_in_subprocess(
+    bundle: str, configs: Sequence[str], settings: dict, log: Path, kill_at: int
+) -> subprocess.CompletedProcess:
     """Train ``bundle`` in a fresh Python process, recording its losses in ``log``; SIGKILL it after ``kill_at``."""
     script = KILL_SCRIPT.format(
-        tests=str(Path(__file__).parent), bundle=bundle, settings=settings, log=str(log), kill_at=kill_at
+        tests=str(Path(__file__).parent),
+        bundle=bundle,
+        configs=tuple(configs),
+        settings=settings,
+        log=str(log),
+        kill_at=kill_at,
     )
     return subprocess.run([sys.executable, "-c", script], cwd=log.parent, capture_output=True, text=True, timeout=900)
 
 
-def assert_resumes_exactly(tmp: Path, bundle: str, settings: dict, kill_at: int, checkpoint_at: int) -> None:
+def assert_resumes_exactly(
+    tmp: Path,
+    bundle: str,
+    settings: dict,
+    kill_at: int,
+    checkpoint_at: int,
+    configs: Sequence[str] = ("train.json",),
+) -> None:
     """Kill a run with SIGKILL after step ``kill_at`` and resume it: the resumed run restarts at the last
-    checkpoint (``checkpoint_at``) and repeats the losses and final weights of an uninterrupted run."""
-    full = bundle_workflow(bundle, **{**settings, "bundle_root": str(tmp / "full")})
+    checkpoint (``checkpoint_at``) and repeats the losses, the final weights and the final learning-rate
+    schedule and step count of an uninterrupted run."""
+    full = bundle_workflow(bundle, configs, **{**settings, "bundle_root": str(tmp / "full")})
     full_losses = record_losses(full)
     full.run()
 
     killed_root = {**settings, "bundle_root": str(tmp / "killed")}
-    killed = _train_in_subprocess(bundle, {**killed_root, "resume": False}, tmp / "killed.json", kill_at)
+    killed = _train_in_subprocess(bundle, configs, {**killed_root, "resume": False}, tmp / "killed.json", kill_at)
     assert killed.returncode == -9, killed.stderr[-2000:]
     checkpoints = tmp / "killed" / "outputs" / "checkpoints"
     for path in checkpoints.glob("*.pt"):  # every file on disk is complete
@@ -218,7 +234,7 @@ def assert_resumes_exactly(tmp: Path, bundle: str, settings: dict, kill_at: int,
     record = json.loads((tmp / "killed.json").read_text())
     assert record["losses"] == pytest.approx(full_losses[:kill_at], rel=1e-6)
 
-    resumed = _train_in_subprocess(bundle, {**killed_root, "resume": True}, tmp / "resumed.json", -1)
+    resumed = _train_in_subprocess(bundle, configs, {**killed_root, "resume": True}, tmp / "resumed.json", -1)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     record = json.loads((tmp / "resumed.json").read_text())
     assert record["start"] == checkpoint_at
@@ -227,3 +243,8 @@ def assert_resumes_exactly(tmp: Path, bundle: str, settings: dict, kill_at: int,
     final_resumed = torch.load(tmp / "killed" / "models" / "model.pt", weights_only=True)
     for key, value in final_full.items():
         torch.testing.assert_close(final_resumed[key], value, rtol=1e-5, atol=1e-6)
+    steps = len(full_losses)
+    last = [torch.load(tmp / run / "outputs" / "checkpoints" / f"checkpoint_{steps}.pt") for run in ("full", "killed")]
+    for state in last:
+        assert state["trainer"]["iteration"] == steps
+    assert last[1]["lr_scheduler"] == last[0]["lr_scheduler"]

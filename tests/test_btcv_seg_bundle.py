@@ -117,7 +117,7 @@ def test_epochs_drive_steps_schedule_and_stream(tmp_path, dataset):
     wf = workflow(tmp_path, dataset, batch_size=1, **{"train#trainer#max_epochs": 3})
     parser = wf.parser
     assert parser.get_parsed_content("epoch_length") == 2  # two training volumes, batch 1
-    assert parser.get_parsed_content("total_steps") == 6
+    assert parser.get_parsed_content("max_steps") == 6
     assert len(parser.get_parsed_content("train#dataset")) == 6
     assert parser.get_parsed_content("lr_scheduler").t_total == 6
 
@@ -189,6 +189,27 @@ def test_inference_writes_label_maps_on_the_input_grid(tmp_path):
     np.testing.assert_allclose(result.affine, source.affine, atol=1e-4)
     values = np.unique(np.asarray(result.dataobj))
     assert set(values.tolist()) <= set(range(len(CLASSES))) and result.get_data_dtype() == np.uint8
+
+
+@pytest.mark.parametrize("form", ["folder", "glob", "testing"])
+def test_inference_reads_a_folder_a_glob_or_a_testing_list_and_names_outputs_after_inputs(tmp_path, form):
+    data = tmp_path / "data"
+    images = [write_ct(data / "ct" / "scan_a.nii.gz", shape=(48, 48, 16), seed=1)]
+    images.append(write_ct(data / "ct" / "1.3.6.99.nii", shape=(40, 48, 16), seed=2))
+    (data / "datalist.json").write_text(json.dumps({"testing": [str(p.relative_to(data)) for p in images]}))
+    datalist = {"folder": str(data / "ct"), "glob": str(data / "ct" / "*.nii*"), "testing": str(data / "datalist.json")}
+    settings = {"datalist": datalist[form]}
+    network = workflow(tmp_path, data, ("inference.json",), "infer", **settings).parser.get_parsed_content(
+        "network_def"
+    )
+    (tmp_path / "models").mkdir()
+    torch.save(network.state_dict(), tmp_path / "models" / "model.pt")
+    workflow(tmp_path, data, ("inference.json",), "infer", **settings).run()
+    outputs = sorted(p.name for p in (tmp_path / "outputs" / "predictions").iterdir())
+    assert outputs == ["1.3.6.99_seg.nii.gz", "scan_a_seg.nii.gz"]
+    for image in images:
+        prediction = tmp_path / "outputs" / "predictions" / f"{image.name.split('.nii')[0]}_seg.nii.gz"
+        assert nib.load(str(prediction)).shape == nib.load(str(image)).shape
 
 
 def test_a_missing_label_file_is_named(tmp_path, dataset):
@@ -290,20 +311,44 @@ def test_killed_run_resumes_exactly(tmp_path, dataset):
 
 
 @pytest.mark.slow
-def test_multi_gpu_config_trains_with_two_processes(tmp_path, dataset):
-    """multi_gpu_train.json under torchrun with 2 CPU processes (gloo): both ranks step, rank 0 exports."""
-    datalist = json.loads((dataset / "datalist.json").read_text())
-    datalist["validation"] = datalist["training"]  # one validation volume per rank
-    (tmp_path / "datalist.json").write_text(json.dumps(datalist))
+def test_max_steps_3_alone_trains_3_steps_saves_and_resumes_exactly(tmp_path, dataset):
+    """Two training volumes (2 steps an epoch) and --max_steps 3 with a validation interval (30, the CPU demo's)
+    longer than the run: the short last epoch is validated, the best model exported, and the run resumes
+    exactly from step 2."""
+    settings = {k: v for k, v in TINY.items() if k not in ("max_epochs", "val_interval", "checkpoint_interval")}
+    settings = {
+        **settings,
+        "dataset_dir": str(dataset),
+        "datalist": str(dataset / "datalist.json"),
+        "max_steps": 3,
+        "checkpoint_interval": 2,
+    }
+    assert_resumes_exactly(tmp_path, "voco_btcv_seg", settings, 3, 2, ("train.json", "cpu_demo.json"))
+    state = torch.load(tmp_path / "full" / "outputs" / "checkpoints" / "checkpoint_3.pt", weights_only=True)
+    assert state["lr_scheduler"]["last_epoch"] == 3 and state["lr_scheduler"]["_last_lr"] == [0.0]
+    info = json.loads((tmp_path / "full" / "models" / "model.json").read_text())
+    assert info["steps"] == 3 and info["weights"] == "best" and info["best"]["epoch"] == 2
+
+
+@pytest.mark.slow
+def test_multi_gpu_config_trains_and_validates_one_volume_on_two_processes(tmp_path, dataset):
+    """multi_gpu_train.json under torchrun with 2 CPU processes (gloo) and a single validation volume: both ranks
+    step, every rank validates the whole set, and the Dice of the DDP validation equals a single-process
+    evaluation of the exported (best) weights."""
     overrides = {
         **TINY,
         "max_epochs": 1,
-        "pretrained": None,
         "bundle_root": str(tmp_path),
         "dataset_dir": str(dataset),
-        "datalist": str(tmp_path / "datalist.json"),
+        "datalist": str(dataset / "datalist.json"),
     }
     result = run_bundle_cli("voco_btcv_seg", ["train.json", "multi_gpu_train.json"], overrides, processes=2)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert (tmp_path / "models" / "model.pt").is_file()
-    assert json.loads((tmp_path / "models" / "model.json").read_text())["steps"] == 1  # 2 volumes over 2 ranks
+    info = json.loads((tmp_path / "models" / "model.json").read_text())
+    assert info["steps"] == 1 and info["weights"] == "best"  # 2 training volumes over 2 ranks
+    ddp_dice = info["best"]["score"]
+    single = workflow(tmp_path, dataset, ("train.json", "evaluate.json"))
+    single.run()
+    evaluator = single.parser.get_parsed_content("validate#evaluator")
+    assert evaluator.state.iteration == 1
+    assert ddp_dice == pytest.approx(evaluator.state.metrics["val_mean_dice"], abs=1e-6)

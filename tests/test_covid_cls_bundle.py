@@ -226,6 +226,43 @@ def test_inference_writes_probabilities_that_sum_to_one(trained, demo_dir):
         assert volume["prediction"] == row["prediction"] == CLASS_NAMES[int(np.argmax(probabilities))]
 
 
+@pytest.mark.parametrize("form", ["folder", "glob", "testing"])
+def test_inference_reads_a_folder_a_glob_or_a_testing_list(tmp_path, form):
+    """Volumes without labels: each row of the probabilities is named by its input file."""
+    data = tmp_path / "data"
+    images = [
+        write_ct(data / "ct" / name, shape=(48, 48, 16), seed=i) for i, name in enumerate(["p2.nii.gz", "p1.nii"])
+    ]
+    datalist = {
+        "folder": str(data / "ct"),
+        "glob": str(data / "ct" / "p*"),
+        "testing": str(data / "datalist.json"),
+    }[form]
+    (data / "datalist.json").write_text(json.dumps({"testing": [{"image": f"ct/{p.name}"} for p in images]}))
+    settings = {"dataset_dir": str(data), "datalist": datalist}
+    if form == "testing":
+        settings["datalist_key"] = "testing"
+    network = workflow(tmp_path, data, ("inference.json",), "infer", **settings).parser.get_parsed_content("network")
+    (tmp_path / "models").mkdir()
+    torch.save(network.state_dict(), tmp_path / "models" / "model.pt")
+    workflow(tmp_path, data, ("inference.json",), "infer", **settings).run()
+    record = json.loads((tmp_path / "outputs" / "inference" / "probabilities.json").read_text())
+    expected = [str(p) for p in images] if form == "testing" else [str(images[1]), str(images[0])]  # sorted
+    assert [v["image"] for v in record["volumes"]] == expected
+    for volume in record["volumes"]:
+        assert sum(volume["probabilities"].values()) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_a_testing_list_needs_no_fold_and_no_labels(tmp_path):
+    datalist = tmp_path / "datalist.json"
+    datalist.write_text(json.dumps({"fold0": [{"image": "a.nii.gz", "label": 0}], "testing": ["t.nii.gz"]}))
+    assert load_classification_datalist(datalist, "/data", "testing", fold=0, require_labels=False) == [
+        {"image": "/data/t.nii.gz"}
+    ]
+    with pytest.raises(ValueError, match="t.nii.gz has no 'label'"):
+        load_classification_datalist(datalist, "/data", "testing", fold=0)
+
+
 # ---------------------------------------------------------------- exact resume, multi-GPU, CLI
 
 
@@ -243,6 +280,20 @@ def test_killed_run_resumes_exactly(tmp_path, demo_dir, voco_encoder):
 
 
 @pytest.mark.slow
+def test_max_steps_3_alone_trains_3_steps_saves_and_resumes_exactly(tmp_path, demo_dir):
+    """The CPU demo overlay (validation every 5 epochs) with --max_steps 3 of a 12-step epoch: the run stops
+    at step 3, validates, exports the best model, and a run killed after step 3 resumes exactly from step 2."""
+    settings = {**TINY, "dataset_dir": str(demo_dir), "pretrained": "null", "max_steps": 3, "checkpoint_interval": 2}
+    settings.pop("max_epochs")
+    assert_resumes_exactly(tmp_path, BUNDLE.name, settings, 3, 2, ("train.json", "cpu_demo.json"))
+    state = torch.load(tmp_path / "full" / "outputs" / "checkpoints" / "checkpoint_3.pt", weights_only=True)
+    assert state["trainer"]["epoch_length"] == 12 and state["lr_scheduler"]["last_epoch"] == 3
+    assert state["lr_scheduler"]["_last_lr"] == [0.0]
+    info = json.loads((tmp_path / "full" / "models" / "model.json").read_text())
+    assert info["steps"] == 3 and info["weights"] == "best" and info["best"]["epoch"] == 1
+
+
+@pytest.mark.slow
 def test_multi_gpu_config_runs_ddp_on_cpu_with_two_processes(tmp_path, demo_dir, voco_encoder):
     overrides = {**TINY, "bundle_root": str(tmp_path), "dataset_dir": str(demo_dir), "pretrained": str(voco_encoder)}
     result = run_bundle_cli(BUNDLE.name, ["train.json", "multi_gpu_train.json"], overrides, processes=2)
@@ -251,6 +302,26 @@ def test_multi_gpu_config_runs_ddp_on_cpu_with_two_processes(tmp_path, demo_dir,
     assert all(not k.startswith("module.") for k in state) and "head.weight" in state
     checkpoint = torch.load(tmp_path / "outputs" / "checkpoints" / "checkpoint_6.pt", weights_only=True)
     assert checkpoint["trainer"]["iteration"] == 6  # 12 volumes, 2 ranks of batch 1: 6 steps per epoch
+
+
+@pytest.mark.slow
+def test_ddp_validation_of_one_volume_on_two_processes_equals_one_process(tmp_path, demo_dir):
+    """One validation volume, two ranks: every rank validates it, and the DDP accuracy (all-reduced) is the
+    accuracy of a single-process evaluation of the exported weights."""
+    train, val = fold_split(demo_dir / "datalist.json", 0)
+    datalist = tmp_path / "datalist.json"
+    datalist.write_text(json.dumps({"training": train[:2], "validation": val[:1]}))
+    overrides = {**TINY, "bundle_root": str(tmp_path), "dataset_dir": str(demo_dir), "pretrained": "null"}
+    overrides |= {"datalist": str(datalist), "fold": "null"}
+    result = run_bundle_cli(BUNDLE.name, ["train.json", "multi_gpu_train.json"], overrides, processes=2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    info = json.loads((tmp_path / "models" / "model.json").read_text())
+    assert info["steps"] == 1 and info["weights"] == "best"
+    single = workflow(tmp_path, demo_dir, ("train.json", "evaluate.json"), **overrides)
+    single.run()
+    report = json.loads((tmp_path / "outputs" / "eval" / "metrics.json").read_text())
+    assert report["num_volumes"] == 1
+    assert info["best"]["score"] == report["accuracy"]
 
 
 @pytest.mark.slow

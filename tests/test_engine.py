@@ -13,14 +13,17 @@ import torch
 from ignite.engine import Events
 from ignite.exceptions import NotComputableError
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
+from monai.handlers import ValidationHandler
 from monai.utils import CommonKeys
 from torch import nn
 
 from voco_components.engine import (
     EMATeacherHandler,
+    LastStepHandler,
     LossTermsHandler,
     VoCoCriterion,
     VoCoPrepareBatch,
+    epochs_for,
     split_crop_features,
 )
 from voco_components.losses import OfficialVoCoLoss, VoCoLoss
@@ -629,3 +632,81 @@ def test_teacher_copy_is_independent():
     with torch.no_grad():
         next(pair.student.parameters()).add_(1.0)
     assert not torch.equal(next(pair.student.parameters()), next(pair.teacher.parameters()))
+
+
+@pytest.mark.parametrize(
+    "steps, per_epoch, epochs", [(1, 1000, 1), (3, 2, 2), (4, 2, 2), (7, 3, 3), (100000, 1000, 100)]
+)
+def test_epochs_for_holds_every_step(steps, per_epoch, epochs):
+    assert epochs_for(steps, per_epoch) == epochs
+
+
+@pytest.mark.parametrize("steps, per_epoch", [(0, 2), (3, 0), (-1, 1)])
+def test_epochs_for_rejects_non_positive_counts(steps, per_epoch):
+    with pytest.raises(ValueError, match="at least 1"):
+        epochs_for(steps, per_epoch)
+
+
+def tiny_trainer(max_steps: int, epoch_length: int, max_epochs: int, val_interval: int) -> tuple:
+    """A linear-regression SupervisedTrainer with MONAI's periodic ValidationHandler and a LastStepHandler;
+    returns it with a record of the epochs completed and of the trainer step at each validation."""
+    torch.manual_seed(0)
+    network = nn.Linear(2, 1)
+    batches = [{"image": torch.randn(1, 2), "label": torch.randn(1, 1)} for _ in range(5)]
+    evaluator = SupervisedEvaluator(device="cpu", val_data_loader=batches[:1], network=network)
+    trainer = SupervisedTrainer(
+        device="cpu",
+        max_epochs=max_epochs,
+        epoch_length=epoch_length,
+        train_data_loader=batches,
+        network=network,
+        optimizer=torch.optim.SGD(network.parameters(), lr=0.1),
+        loss_function=nn.MSELoss(),
+        train_handlers=[
+            LastStepHandler(max_steps, evaluator, val_interval),
+            ValidationHandler(validator=evaluator, interval=val_interval, epoch_level=True),
+        ],
+    )
+    record = {"epochs": [], "validated_at": [], "completed": 0}
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: record["epochs"].append(e.state.epoch))
+    trainer.add_event_handler(Events.COMPLETED, lambda e: record.__setitem__("completed", record["completed"] + 1))
+    evaluator.add_event_handler(Events.COMPLETED, lambda e: record["validated_at"].append(trainer.state.iteration))
+    return trainer, record
+
+
+@pytest.mark.parametrize(
+    "max_steps, epoch_length, max_epochs, val_interval, epochs, validated_at",
+    [
+        (7, 3, 100, 1, [1, 2, 3], [3, 6, 7]),  # the last epoch has one step, and is validated
+        (5, 2, 1, 10, [1, 2, 3], [5]),  # extended past max_epochs; validated at the end only
+        (4, 2, 2, 2, [1, 2], [4]),  # the periodic validation covers the end: not twice
+        (3, 20, 1, 1, [1], [3]),  # one short epoch
+    ],
+)
+def test_last_step_handler_trains_exactly_max_steps_and_validates_the_end(
+    max_steps, epoch_length, max_epochs, val_interval, epochs, validated_at
+):
+    trainer, record = tiny_trainer(max_steps, epoch_length, max_epochs, val_interval)
+    trainer.run()
+    assert trainer.state.iteration == max_steps
+    assert record == {"epochs": epochs, "validated_at": validated_at, "completed": 1}
+
+
+def test_last_step_handler_resumes_mid_epoch_and_stops_a_finished_run():
+    trainer, _ = tiny_trainer(4, 3, 100, 1)
+    trainer.run()
+    resumed, record = tiny_trainer(7, 3, 100, 1)
+    resumed.load_state_dict(trainer.state_dict())  # a checkpoint at step 4, in the second epoch
+    resumed.run()
+    assert resumed.state.iteration == 7 and record == {"epochs": [2, 3], "validated_at": [6, 7], "completed": 1}
+    finished, record = tiny_trainer(7, 3, 100, 1)
+    finished.load_state_dict(resumed.state_dict())
+    finished.run()
+    assert finished.state.iteration == 7 and record == {"epochs": [], "validated_at": [], "completed": 1}
+
+
+def test_last_step_handler_rejects_non_positive_counts():
+    with pytest.raises(ValueError, match="at least 1"):
+        LastStepHandler(0)
+    with pytest.raises(ValueError, match="at least 1"):
+        LastStepHandler(5, val_interval=0)

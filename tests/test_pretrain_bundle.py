@@ -98,6 +98,20 @@ def test_killed_run_resumes_exactly(tmp_path):
 
 
 @pytest.mark.slow
+def test_max_steps_3_alone_trains_3_steps_saves_and_resumes_exactly(tmp_path):
+    """The CPU demo (20 steps per validation epoch) with --max_steps 3: one short epoch, validated, checkpointed
+    at step 3, and a run killed after step 3 resumes from step 2; the schedule ends at step 3 (cosine to 0)."""
+    settings = {k: v for k, v in TINY.items() if k not in ("max_steps", "val_every_steps", "checkpoint_interval")}
+    settings = {**settings, "max_steps": 3, "checkpoint_interval": 2}
+    assert_resumes_exactly(tmp_path, "voco_pretrain", settings, 3, 2, ("train.json", "cpu_demo.json"))
+    state = torch.load(tmp_path / "full" / "outputs" / "checkpoints" / "checkpoint_3.pt", weights_only=True)
+    assert state["trainer"]["epoch_length"] == 20 and state["lr_scheduler"]["last_epoch"] == 3
+    assert state["lr_scheduler"]["_last_lr"] == [0.0]  # warm-up 1 step, then cosine over steps 1..3
+    info = json.loads((tmp_path / "full" / "models" / "model.json").read_text())
+    assert info["steps"] == 3 and info["max_steps"] == 3 and "val_position_top1" in info["metrics"]
+
+
+@pytest.mark.slow
 def test_cli_training_id_and_evaluate_and_inference(tmp_path):
     """The `training` id through the CLI, then evaluate.json and inference.json on its outputs."""
     overrides = [f"--{k} {json.dumps(v).replace(' ', '')}" for k, v in TINY.items()]
@@ -230,6 +244,27 @@ def test_datalists_merge_and_resolve_against_dataset_dir(tmp_path):
         load_datalists([first], "/data", "validation")
     with pytest.raises(FileNotFoundError, match="nope.json"):
         load_datalists(tmp_path / "nope.json", "/data")
+
+
+def test_folders_and_patterns_as_pretraining_and_inference_datalists(tmp_path):
+    """--datalist <folder> trains on all its volumes, --val_datalist <glob> validates on what it matches, and
+    inference on a folder writes one feature file per input, named after it (dots in the name kept)."""
+    train = [write_ct(tmp_path / "train" / f"{name}.nii.gz", seed=i) for i, name in enumerate(["b", "a"])]
+    held_out = write_ct(tmp_path / "val" / "1.3.6.1.4.mhd.nii.gz", seed=3)
+    wf = workflow(tmp_path, datalist=str(tmp_path / "train"), val_datalist=str(tmp_path / "val" / "*.nii.gz"))
+    assert wf.parser.get_parsed_content("train#data") == [{"image": str(p)} for p in sorted(train)]
+    assert wf.parser.get_parsed_content("validate#data") == [{"image": str(held_out)}]
+
+    tiny = {"feature_size": 12, "window_size": 4, "region_size": [64, 64, 32], "grid": [2, 2, 1]}
+    tiny |= {"roi_size": [32, 32, 32], "num_crops": 3, "datalist": str(tmp_path / "val")}
+    infer = workflow(tmp_path, ("inference.json",), "infer", **tiny)
+    (tmp_path / "models").mkdir()
+    torch.save(infer.parser.get_parsed_content("network_def").state_dict(), tmp_path / "models" / "model.pt")
+    workflow(tmp_path, ("inference.json",), "infer", **tiny).run()
+    written = sorted(p.name for p in (tmp_path / "outputs" / "features").iterdir())
+    assert written == ["1.3.6.1.4.mhd_voco.pt"]
+    record = torch.load(tmp_path / "outputs" / "features" / written[0], weights_only=True)
+    assert record["source"] == str(held_out) and record["features"].shape == (4 + 3, 16 * 12)
 
 
 def test_demo_data_ships_inside_the_package():

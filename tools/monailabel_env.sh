@@ -3,27 +3,25 @@
 # package installed editable, for tests/test_monailabel.py:
 #   tools/monailabel_env.sh <venv>
 #   VOCO_MONAILABEL_PYTHON=<venv>/bin/python python -m pytest -q -m monailabel
-# The pinned requirements, constraints and torchvision stand-in come from MONAILABEL_RECIPE (default: the
-# docs/monailabel folder of the `shared` checkout next to this repository).
+# The requirements, their pinned versions and the torchvision stand-in are in tools/monailabel/.
 set -euo pipefail
 VENV=${1:?usage: tools/monailabel_env.sh <venv>}
 REPO=$(cd "$(dirname "$0")/.." && pwd)
-RECIPE=${MONAILABEL_RECIPE:-$REPO/../shared/docs/monailabel}
-for f in requirements-cpu.txt freeze-venvA2-torch2.13cpu.txt shim/torchvision/__init__.py; do
-    [ -e "$RECIPE/$f" ] || { echo "monailabel_env.sh: $RECIPE/$f not found (set MONAILABEL_RECIPE)" >&2; exit 1; }
-done
-CONSTRAINTS=$RECIPE/freeze-venvA2-torch2.13cpu.txt
+RECIPE=$REPO/tools/monailabel
+REQUIREMENTS=$RECIPE/requirements.txt
+CONSTRAINTS=$RECIPE/constraints.txt
+STAND_IN=$RECIPE/torchvision
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_PROGRESS_BAR=off
 
 python3 -m venv "$VENV"
 PY=$VENV/bin/python
 "$PY" -m pip install -q torch==2.13.0
-# monailabel's own metadata pulls sam2, which builds from source and brings a CUDA torch: take its runtime
-# requirements from the recipe instead
+# monailabel's own metadata pulls sam2, which builds from source and brings a CUDA torch: its runtime
+# requirements are listed in tools/monailabel/requirements.txt instead
 "$PY" -m pip install -q --no-deps monailabel==0.8.5
-"$PY" -m pip install -q -r "$RECIPE/requirements-cpu.txt" -c "$CONSTRAINTS"
+"$PY" -m pip install -q -r "$REQUIREMENTS" -c "$CONSTRAINTS"
 # monailabel imports torchvision.utils at start; the 3D bundle tasks never call it
-cp -r "$RECIPE/shim/torchvision" "$("$PY" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/"
+cp -r "$STAND_IN" "$("$PY" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/"
 
 "$PY" -m pip install -q --no-deps -e "$REPO"
 missing=$("$PY" - <<'PY'

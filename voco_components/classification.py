@@ -18,7 +18,7 @@ from ignite.engine import Engine, Events
 
 from voco_components.ccii import fold_split
 from voco_components.checkpoint import atomic_save_text, is_main_process
-from voco_components.data import load_datalists
+from voco_components.data import load_datalists, volume_files
 from voco_components.reports import json_number, write_class_table
 
 __all__ = [
@@ -33,7 +33,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SUBSETS = ("training", "validation")
+SUBSETS = ("training", "validation", "testing")
 
 
 def _check_labels(
@@ -64,17 +64,20 @@ def load_classification_datalist(
     num_classes: int | None = None,
     require_labels: bool = True,
 ) -> list[dict[str, Any]]:
-    """The ``training`` or ``validation`` entries of a classification datalist, image paths made absolute.
+    """The ``training``, ``validation`` or ``testing`` entries of a classification datalist, image paths made absolute.
 
     Args:
-        datalist: with ``fold`` None, one or several decathlon-style JSON files whose ``subset`` lists are
-            merged (:func:`voco_components.data.load_datalists`); with a ``fold``, one k-fold datalist as
-            written by :func:`voco_components.ccii.convert_dataset` (``fold0`` ... ``fold<k-1>``).
+        datalist: one or several datalists (:func:`voco_components.data.load_datalists`): decathlon-style JSON
+            files whose ``subset`` lists are merged, folders of volumes or glob patterns (all their volumes,
+            whatever the ``subset``); with a ``fold``, one k-fold datalist as written by
+            :func:`voco_components.ccii.convert_dataset` (``fold0`` ... ``fold<k-1>``).
         dataset_dir: folder that relative image paths resolve against.
-        subset: ``training`` or ``validation``; with a ``fold``, validation is that fold and training
-            all the other folds (:func:`voco_components.ccii.fold_split`).
+        subset: ``training``, ``validation`` or ``testing``; with a ``fold``, validation is that fold and
+            training all the other folds (:func:`voco_components.ccii.fold_split`), while ``testing`` is
+            the datalist's own ``testing`` list.
         fold: the held-out fold, or None (or the string ``"null"`` that a bundle's command line
-            ``--fold null`` gives) to read the ``subset`` list itself.
+            ``--fold null`` gives) to read the ``subset`` list itself. Folders and patterns have no folds:
+            the fold is not used for them.
         num_classes: labels must lie in 0..num_classes-1 (not checked when None).
         require_labels: every entry needs a ``label``; False accepts entries without one (inference).
 
@@ -83,23 +86,25 @@ def load_classification_datalist(
 
     Raises:
         FileNotFoundError: a datalist does not exist.
-        ValueError: an unknown ``subset``, several datalists with a ``fold``, a missing ``fold`` or list,
+        ValueError: an unknown ``subset``, several JSON datalists with a ``fold``, a missing ``fold`` or list,
             or a label that is missing, not an integer, or out of range; the message names the datalist.
     """
     if subset not in SUBSETS:
         raise ValueError(f"subset must be one of {SUBSETS}, got {subset!r}.")
-    if fold is None or fold == "null":
+    sources = [datalist] if isinstance(datalist, (str, Path)) else list(datalist)
+    by_fold = fold is not None and fold != "null" and subset != "testing"
+    if not by_fold or any(volume_files(source) is not None for source in sources):
         entries = load_datalists(datalist, dataset_dir, subset)
         source = str(datalist)
     else:
-        if not isinstance(datalist, (str, Path)):
-            raise ValueError(f"a fold is read from one k-fold datalist, got {len(datalist)}: {list(datalist)}.")
-        train, val = fold_split(datalist, fold)
+        if len(sources) != 1:
+            raise ValueError(f"a fold is read from one k-fold datalist, got {len(sources)}: {sources}.")
+        train, val = fold_split(sources[0], fold)
         entries = [
             {**entry, "image": str(Path(dataset_dir) / entry["image"])}
             for entry in (train if subset == "training" else val)
         ]
-        source = f"{datalist} (fold {fold})"
+        source = f"{sources[0]} (fold {fold})"
     return _check_labels(entries, source, num_classes, require_labels)
 
 

@@ -1,9 +1,12 @@
-"""Reading VoCo data: decathlon-style datalists, the embedded demo CTs, and volume checks that name the file."""
+"""Reading VoCo data: datalists (decathlon-style JSON files, folders or glob patterns of volumes), the embedded
+demo CTs, and volume checks that name the file."""
 
 from __future__ import annotations
 
+import glob
 import json
 import math
+import os
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,10 +21,13 @@ __all__ = [
     "DEMO_DATALIST",
     "DEMO_SEGMENTATION_DATALIST",
     "DEMO_ORGANS_DATALIST",
+    "VOLUME_SUFFIXES",
     "VolumeError",
     "read_json",
+    "volume_files",
     "load_datalists",
     "volume_name",
+    "volume_stem",
     "LoadVolumed",
     "CheckVolumed",
     "AboveThreshold",
@@ -35,6 +41,8 @@ DEMO_SEGMENTATION_DATALIST = DEMO_DIR / "segmentation_datalist.json"
 """The demo CTs with anatomy labels derived by HU thresholds: 1 lungs, 2 bone, 3 soft tissue."""
 DEMO_ORGANS_DATALIST = DEMO_DIR / "organs_datalist.json"
 """Two CTs with BTCV organ ids (TotalSegmentator's predictions): ``abdomen`` trains, ``upper_abdomen`` is held out."""
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+"""File endings of the volumes a folder or glob pattern datalist takes: NIfTI, NRRD and MetaImage."""
 
 
 class VolumeError(ValueError):
@@ -48,6 +56,46 @@ def volume_name(value: Any, fallback: str = "<in-memory volume>") -> str:
         if name:
             return str(name)
     return fallback
+
+
+def volume_stem(path: str | Path) -> str:
+    """The file name of a volume without its image ending, for naming outputs after inputs:
+    ``/data/case_01.nii.gz`` -> ``case_01``, ``1.3.6.1.4.1.mhd`` -> ``1.3.6.1.4.1``, ``scan.dcm`` -> ``scan``."""
+    name = Path(path).name
+    for suffix in VOLUME_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem
+
+
+def _is_volume(path: Path) -> bool:
+    return path.is_file() and path.name.lower().endswith(VOLUME_SUFFIXES)
+
+
+def volume_files(source: str | Path) -> list[str] | None:
+    """The volumes a folder or a glob pattern names, as sorted absolute paths; None for any other ``source``.
+
+    A folder gives every NIfTI (``.nii``, ``.nii.gz``), NRRD (``.nrrd``) and MetaImage (``.mha``, ``.mhd``)
+    file directly in it; a glob pattern (``*``, ``?``, ``[...]``; ``**`` spans folders) the volume files it
+    matches; a path to one volume file, that file. Anything else (a JSON datalist) gives None.
+
+    Raises:
+        ValueError: a folder or pattern that holds no volume file; the message names it.
+    """
+    path = Path(source)
+    if path.is_dir():
+        found = [p for p in path.iterdir() if _is_volume(p)]
+        where = f"{path}: no volume files ({', '.join(VOLUME_SUFFIXES)}) in this folder."
+    elif _is_volume(path):
+        found = [path]
+    elif not path.exists() and glob.has_magic(str(source)):
+        found = [p for p in map(Path, glob.glob(str(source), recursive=True)) if _is_volume(p)]
+        where = f"{source}: the pattern matches no volume files ({', '.join(VOLUME_SUFFIXES)})."
+    else:
+        return None
+    if not found:
+        raise ValueError(where)
+    return sorted(os.path.abspath(p) for p in found)
 
 
 def _resolve(entry: Any, base: Path) -> Any:
@@ -69,42 +117,56 @@ def read_json(path: str | Path, what: str = "JSON") -> Any:
         raise ValueError(f"{path}: not valid JSON ({exc}).") from exc
 
 
+def _json_entries(path: Path, base: Path, key: str) -> list[dict[str, Any]]:
+    """The ``key`` list of one decathlon-style datalist JSON file, relative ``image``/``label`` paths under ``base``."""
+    content = read_json(path, "datalist (a JSON file, a folder of volumes or a glob pattern)")
+    if not isinstance(content, dict) or key not in content:
+        found = sorted(content) if isinstance(content, dict) else type(content).__name__
+        raise ValueError(f"{path}: no '{key}' list in this datalist (found {found}).")
+    entries = content[key]
+    if not isinstance(entries, list):
+        raise ValueError(f"{path}: '{key}' must be a list, got {type(entries).__name__}.")
+    merged = []
+    for entry in entries:
+        item = {"image": entry} if isinstance(entry, str) else dict(entry)
+        if "image" not in item:
+            raise ValueError(f"{path}: an entry of '{key}' has no 'image': {entry!r}.")
+        merged.append({k: _resolve(v, base) if k in ("image", "label") else v for k, v in item.items()})
+    return merged
+
+
 def load_datalists(
     datalist: str | Path | Sequence[str | Path], dataset_dir: str | Path, key: str = "training"
 ) -> list[dict[str, Any]]:
-    """Merge the ``key`` lists of one or several decathlon-style datalist JSON files.
+    """The entries of one or several datalists, merged in order.
+
+    Each datalist is a decathlon-style JSON file, whose ``key`` list is read, or images without a datalist:
+    a folder of volumes, a glob pattern or one volume file (:func:`volume_files`). A folder or pattern has no
+    split into lists: it gives all its volumes, sorted by path, whichever ``key`` is asked for.
 
     Args:
-        datalist: one JSON path or a list of them (BTCV, TCIA-Covid19, LUNA16, ... in one run).
-        dataset_dir: folder that relative paths in the entries resolve against.
-        key: the list to read from each file, e.g. ``training`` or ``validation``.
+        datalist: one datalist or a list of them (BTCV, TCIA-Covid19, LUNA16, ... in one run).
+        dataset_dir: folder that relative paths in JSON entries resolve against.
+        key: the list to read from each JSON file, e.g. ``training``, ``validation`` or ``testing``.
 
     Returns:
-        the entries of all files in order, as dicts (a bare path entry becomes ``{"image": path}``),
-        with relative ``image``/``label`` paths made absolute under ``dataset_dir``.
+        dicts (a bare path entry becomes ``{"image": path}``) with absolute ``image``/``label`` paths.
 
     Raises:
-        FileNotFoundError: a datalist file does not exist.
-        ValueError: a file is not valid JSON, lacks ``key``, or ``key`` is not a list.
+        FileNotFoundError: a datalist does not exist.
+        ValueError: a file is not valid JSON, lacks ``key``, or ``key`` is not a list; a folder or pattern
+            holds no volume.
     """
-    paths = [datalist] if isinstance(datalist, (str, Path)) else list(datalist)
-    if not paths:
-        raise ValueError("datalist is empty: give at least one datalist JSON file.")
-    base = Path(dataset_dir)
+    sources = [datalist] if isinstance(datalist, (str, Path)) else list(datalist)
+    if not sources:
+        raise ValueError("datalist is empty: give at least one datalist JSON file, folder or glob pattern.")
     merged: list[dict[str, Any]] = []
-    for path in map(Path, paths):
-        content = read_json(path, "datalist")
-        if not isinstance(content, dict) or key not in content:
-            found = sorted(content) if isinstance(content, dict) else type(content).__name__
-            raise ValueError(f"{path}: no '{key}' list in this datalist (found {found}).")
-        entries = content[key]
-        if not isinstance(entries, list):
-            raise ValueError(f"{path}: '{key}' must be a list, got {type(entries).__name__}.")
-        for entry in entries:
-            item = {"image": entry} if isinstance(entry, str) else dict(entry)
-            if "image" not in item:
-                raise ValueError(f"{path}: an entry of '{key}' has no 'image': {entry!r}.")
-            merged.append({k: _resolve(v, base) if k in ("image", "label") else v for k, v in item.items()})
+    for source in sources:
+        volumes = volume_files(source)
+        if volumes is None:
+            merged.extend(_json_entries(Path(source), Path(dataset_dir), key))
+        else:
+            merged.extend({"image": volume} for volume in volumes)
     return merged
 
 

@@ -13,6 +13,7 @@ from ignite.engine import Engine, Events
 from torch import nn
 
 from voco_components.checkpoint import atomic_save, atomic_save_text
+from voco_components.data import volume_stem
 from voco_components.weights import normalise_state_dict
 
 __all__ = ["evaluate_checkpoints", "FeatureWriter"]
@@ -60,7 +61,8 @@ def evaluate_checkpoints(
 
 
 class FeatureWriter:
-    """Inference handler: write each volume's crop features to ``<output_dir>/<name>_voco.pt``.
+    """Inference handler: write each volume's crop features to ``<output_dir>/<stem>_voco.pt``, named after the
+    input file (:func:`voco_components.data.volume_stem`: ``case_01.nii.gz`` -> ``case_01_voco.pt``).
 
     Each file holds ``features`` (n + k, C), ``boxes`` (n + k, 3, 2) in region coordinates,
     ``labels`` (k, n) and ``source`` (the input path). Needs batch size 1 and the input path under
@@ -81,7 +83,7 @@ class FeatureWriter:
         if labels.shape[0] != 1:
             raise ValueError(f"FeatureWriter needs batch size 1, got {labels.shape[0]}.")
         source = str(batch[self.path_key][0])
-        name = Path(source).name.split(".")[0]
+        name = volume_stem(source)
         record = {
             "features": engine.state.output["pred"].detach().cpu(),
             "boxes": torch.as_tensor(batch[self.box_key][0]).cpu(),
