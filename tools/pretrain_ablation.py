@@ -34,7 +34,6 @@ RUNS: dict[str, dict] = {
     "batch_4": {"batch_size": 4},
     "crops_8": {"num_crops": 8},
     "steps_360": {"max_steps": 360, "checkpoint_interval": 60, "val_every_steps": 60},
-    "official": {"variant": "official"},
     "projector_eval_bn": {"projector_batch_stats": False},
 }
 """Named override sets against the CPU demo (``cpu_demo.json``)."""
