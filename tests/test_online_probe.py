@@ -73,7 +73,8 @@ class ConstantEncoder(nn.Module):
 
 def handler(encoder: nn.Module, datalist: Path, **kwargs) -> OnlineProbeHandler:
     settings = {"roi_size": [BLOCK] * 3, "min_organ_fraction": 0.05, "k": 1, **kwargs}
-    return OnlineProbeHandler(encoder, str(datalist), str(datalist.parent), ct_preprocessing(label_keys=["label"]), **settings)
+    preprocessing = ct_preprocessing(label_keys=["label"])
+    return OnlineProbeHandler(encoder, str(datalist), str(datalist.parent), preprocessing, **settings)
 
 
 def run_probe(probe: OnlineProbeHandler) -> dict:
@@ -155,6 +156,7 @@ def test_a_probe_datalist_without_labels_is_named(tmp_path):
         probe.compute()
 
 
+@pytest.mark.slow
 def test_pretraining_with_the_probe_logs_selects_and_evaluates_it(tmp_path, probe_data):
     """The bundle with the probe on: the metrics reach the StatsHandler, select the best checkpoint, go to
     models/model.json, and evaluate.json writes them with their init_ twins to metrics.json."""

@@ -103,11 +103,13 @@ def organ_crops(
     roi, steps = [int(r) for r in roi_size], [int(s) for s in stride]
     if len(roi) != 3 or len(steps) != 3 or min(roi + steps) < 1:
         raise ValueError(f"roi_size and stride must be 3 positive sizes, got {roi_size} and {stride}.")
-    if tuple(label.shape[1:]) != tuple(image.shape[1:]):
-        raise ValueError(f"label {tuple(label.shape)} and image {tuple(image.shape)} differ in spatial size.")
-    padding = [p for r, s in zip(reversed(roi), reversed(image.shape[1:])) for p in (0, max(r - s, 0))]
+    if image.ndim != 4 or tuple(label.shape) != (1, *image.shape[1:]):
+        raise ValueError(
+            f"need an image (C, X, Y, Z) and a label (1, X, Y, Z), got {tuple(image.shape)}, {tuple(label.shape)}."
+        )
+    padding = [p for r, s in zip(reversed(roi), reversed(image.shape[1:]), strict=True) for p in (0, max(r - s, 0))]
     image, label = F.pad(image[None], padding, mode="replicate")[0], F.pad(label, padding)
-    starts = [grid_starts(s, r, t) for s, r, t in zip(image.shape[1:], roi, steps)]
+    starts = [grid_starts(s, r, t) for s, r, t in zip(image.shape[1:], roi, steps, strict=True)]
     boxes = [(x, y, z) for x in starts[0] for y in starts[1] for z in starts[2]]
     image_crops = torch.stack([image[:, x : x + roi[0], y : y + roi[1], z : z + roi[2]] for x, y, z in boxes])
     label_stack = torch.stack([label[0, x : x + roi[0], y : y + roi[1], z : z + roi[2]] for x, y, z in boxes])
