@@ -24,6 +24,7 @@ __all__ = [
     "grid_starts",
     "label_crops",
     "organ_crops",
+    "evenly_spaced",
     "probe_scores",
     "OnlineProbeHandler",
 ]
@@ -111,10 +112,12 @@ def organ_crops(
     image, label = F.pad(image[None], padding, mode="replicate")[0], F.pad(label, padding)
     starts = [grid_starts(s, r, t) for s, r, t in zip(image.shape[1:], roi, steps, strict=True)]
     boxes = [(x, y, z) for x in starts[0] for y in starts[1] for z in starts[2]]
-    image_crops = torch.stack([image[:, x : x + roi[0], y : y + roi[1], z : z + roi[2]] for x, y, z in boxes])
     label_stack = torch.stack([label[0, x : x + roi[0], y : y + roi[1], z : z + roi[2]] for x, y, z in boxes])
     majority, keep = label_crops(label_stack, min_organ_fraction)
-    return ProbeCrops(images=image_crops[keep], labels=majority[keep])
+    kept = [box for box, k in zip(boxes, keep.tolist(), strict=True) if k]
+    images = [image[:, x : x + roi[0], y : y + roi[1], z : z + roi[2]] for x, y, z in kept]
+    empty = image.new_zeros((0, image.shape[0], *roi))
+    return ProbeCrops(images=torch.stack(images) if images else empty, labels=majority[keep])
 
 
 def evenly_spaced(crops: ProbeCrops, max_crops: int) -> ProbeCrops:
@@ -246,8 +249,8 @@ class OnlineProbeHandler:
             if "label" not in entry:
                 raise ValueError(f"{self.datalist}: the probe entry {entry['image']} has no 'label' (organ map).")
             data = self.preprocessing(entry)
-            image = torch.as_tensor(data["image"]).float()
-            label = torch.as_tensor(data["label"]).round().long()
+            image = torch.as_tensor(data["image"]).as_subclass(torch.Tensor).float()
+            label = torch.as_tensor(data["label"]).as_subclass(torch.Tensor).round().long()
             parts.append(organ_crops(image, label, self.roi_size, self.stride, self.min_organ_fraction))
         crops = ProbeCrops(torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts]))
         if len(crops) == 0:
