@@ -139,7 +139,7 @@ CPU_OVERRIDES = {
         "feature_size": 12,
         "pretrained": None,
         "dataset_dir": "$str(voco_components.data.DEMO_DIR)",
-        "datalist": "$str(voco_components.data.DEMO_SEGMENTATION_DATALIST)",
+        "datalist": "$str(voco_components.data.DEMO_ORGANS_DATALIST)",
     },
 }
 

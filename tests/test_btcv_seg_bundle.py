@@ -11,11 +11,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from ignite.engine import Events
+from ignite.engine import Engine, Events
 from monai.bundle import ConfigWorkflow
 
 from conftest import BUNDLES, assert_resumes_exactly, bundle_workflow, record_losses, run_bundle_cli, write_ct
-from voco_components.data import DEMO_DIR, DEMO_SEGMENTATION_DATALIST, VolumeError
+from voco_components.data import DEMO_DIR, DEMO_ORGANS_DATALIST, VolumeError
+from voco_components.segmentation import DiceTableWriter, PerClassDice
 
 BUNDLE = BUNDLES / "voco_btcv_seg"
 CONFIGS = BUNDLE / "configs"
@@ -89,21 +90,52 @@ def test_defaults_are_the_papers_btcv_setup():
     assert [channels[str(i)] for i in range(14)] == config["class_names"]
 
 
-def test_demo_anatomy_labels_are_real_structures():
-    """The shipped derived labels: lungs are air inside the body, bone is dense, soft tissue in between."""
+def test_cpu_demo_segments_btcvs_organs_on_the_embedded_organ_maps():
+    """cpu_demo.json trains on the abdomen CT's organ map (12 organs) and validates on the upper-abdomen slab (8),
+    both on BTCV's ids and names, with the files as shipped."""
+    demo = json.loads((CONFIGS / "cpu_demo.json").read_text())
+    assert "DEMO_ORGANS_DATALIST" in demo["datalist"] and "class_names" not in demo  # the 13 organs of train.json
+    class_names = json.loads((CONFIGS / "train.json").read_text())["class_names"]
+    datalist = json.loads(DEMO_ORGANS_DATALIST.read_text())
+    assert [datalist["labels"][str(i)] for i in range(14)] == class_names
     digests = json.loads((DEMO_DIR / "sha256.json").read_text())
-    datalist = json.loads(DEMO_SEGMENTATION_DATALIST.read_text())
-    assert list(datalist["labels"].values()) == CLASSES
-    for case in ("lung1", "lung2"):
-        path = DEMO_DIR / f"{case}_anatomy.nii.gz"
-        assert hashlib.sha256(path.read_bytes()).hexdigest() == digests[path.name]
-        image, labels = nib.load(str(DEMO_DIR / f"{case}_image.nii.gz")), nib.load(str(path))
+    for split, num_organs in (("training", 12), ("validation", 8)):
+        (entry,) = datalist[split]
+        for name in entry.values():
+            assert hashlib.sha256((DEMO_DIR / name).read_bytes()).hexdigest() == digests[name], name
+        image, labels = nib.load(str(DEMO_DIR / entry["image"])), nib.load(str(DEMO_DIR / entry["label"]))
         assert np.allclose(image.affine, labels.affine) and image.shape == labels.shape
-        hu, lab = np.asarray(image.dataobj, dtype=np.float32), np.asarray(labels.dataobj)
-        assert hu[lab == 1].max() < -400 and hu[lab == 2].min() > 250
-        assert -300 < np.median(hu[lab == 3]) < 250  # fat to muscle
-        assert np.median(hu[lab == 0]) < -900  # the air around the body
-        assert 0.05 < (lab == 1).mean() < 0.3  # two lungs, not the outside air
+        ids = set(np.unique(np.asarray(labels.dataobj)).tolist())
+        assert ids <= set(range(14)) and len(ids - {0}) == num_organs
+    assert not list(DEMO_DIR.glob("*anatomy*"))
+
+
+def test_absent_organs_are_left_out_of_the_dice_not_scored_zero(tmp_path):
+    """Two cases, three organs: organ 3 is in no label (but predicted in case 0), organ 2 only in case 1."""
+    pred, label = torch.zeros(2, 4, 4, 4, 4), torch.zeros(2, 4, 4, 4, 4)
+    label[:, 1, :2] = 1  # organ 1: rows 0-1 in both cases
+    label[1, 2, 2:] = 1  # organ 2: rows 2-3 of case 1
+    pred[:, 1, :1] = 1  # organ 1 predicted on row 0: Dice 2·16 / (16 + 32) = 2/3
+    pred[1, 2, 3:] = 1  # organ 2 predicted on row 3 of case 1: Dice 2/3
+    pred[0, 3, 3:] = 1  # organ 3, absent from every label, predicted in case 0
+    label[:, 0] = 1 - label[:, 1:].sum(1)
+    pred[:, 0] = 1 - pred[:, 1:].sum(1)
+    metric = PerClassDice(include_background=False)
+    metric(pred, label)
+    values = metric.aggregate()
+    assert values[:2].tolist() == pytest.approx([2 / 3, 2 / 3]) and torch.isnan(values[2])
+
+    engine = Engine(lambda engine, batch: None)
+    engine.add_event_handler(Events.COMPLETED, lambda e: e.state.metrics.update(val_dice_per_class=values))
+    DiceTableWriter(tmp_path, ["a", "b", "c"]).attach(engine)
+    engine.run(torch.utils.data.DataLoader([0, 1]), max_epochs=1)
+    report = json.loads((tmp_path / "dice.json").read_text())
+    assert report["mean_dice"] == pytest.approx(2 / 3) and report["num_classes_present"] == 2
+    assert report["classes"][2] == {"class": "c", "dice": None}
+    rows = list(csv.DictReader((tmp_path / "dice.csv").open()))
+    assert [r["dice"] for r in rows][2:] == ["n/a", rows[-1]["dice"]] and float(rows[-1]["dice"]) == pytest.approx(
+        2 / 3
+    )
 
 
 def test_train_and_infer_properties(tmp_path, dataset):

@@ -6,7 +6,7 @@ MONAI Label 0.8.5 needs MONAI 1.5.2, numpy<2 and pydicom<3, so the server runs f
     VOCO_MONAILABEL_PYTHON=<venv>/bin/python python -m pytest -q -m monailabel
 
 Two servers run on 127.0.0.1, offline, on CPU, each with copies of the bundles at a small ``feature_size`` and
-random weights: the wheel's ``monaibundle`` sample app serving voco_btcv_seg (one embedded chest CT as its only
+random weights: the wheel's ``monaibundle`` sample app serving voco_btcv_seg (one embedded abdominal CT as its only
 study), and this project's ``monailabel_app``, which serves voco_covid_cls as a classification model next to it.
 """
 
@@ -32,7 +32,7 @@ import torch
 from conftest import BUNDLES, REPO, bundle_workflow
 from voco_components import demo_covid
 from voco_components.checkpoint import checkpoint_steps
-from voco_components.data import DEMO_DIR, DEMO_SEGMENTATION_DATALIST
+from voco_components.data import DEMO_DIR, DEMO_ORGANS_DATALIST
 
 pytestmark = [pytest.mark.monailabel, pytest.mark.slow]
 
@@ -57,7 +57,7 @@ STARTUP_S = 300
 INFER_S = 600
 TRAIN_S = 900
 
-CASE = json.loads(DEMO_SEGMENTATION_DATALIST.read_text())["training"][0]
+CASE = json.loads(DEMO_ORGANS_DATALIST.read_text())["training"][0]
 IMAGE_ID = CASE["image"].removesuffix(".nii.gz")  # the datastore names a study after its file
 
 
@@ -210,7 +210,7 @@ def start_server(work: Path, app: Path, studies: Path, models: list[str]) -> Ser
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """MONAI Label's own ``monaibundle`` sample app serving voco_btcv_seg, with one embedded chest CT."""
+    """MONAI Label's own ``monaibundle`` sample app serving voco_btcv_seg, with one embedded abdominal CT."""
     assert Path(PYTHON).is_file(), f"VOCO_MONAILABEL_PYTHON: {PYTHON} is not a file"
     work = tmp_path_factory.mktemp("monailabel")
     run_venv(
@@ -259,7 +259,7 @@ def test_inference_returns_a_label_map_on_the_input_grid(server, tmp_path):
 
 
 def upload_demo_label(server: Server) -> None:
-    """Save the demo CT's derived anatomy labels in the server's datastore as its final label."""
+    """Save the demo CT's organ map in the server's datastore as its final label."""
     body, content_type = multipart({"params": "{}"}, {"label": DEMO_DIR / CASE["label"]})
     server.call("PUT", f"/datastore/label?image={IMAGE_ID}&tag=final", body=body, content_type=content_type)
     assert server.json("GET", "/datastore/?output=stats")["label_tags"] == {"final": 1}
@@ -301,7 +301,7 @@ SMALL_CLASSIFIER = {"feature_size": 12, "window_size": 4, "spatial_size": [32, 3
 @pytest.fixture(scope="module")
 def voco_app(tmp_path_factory):
     """monailabel_app serving voco_btcv_seg and voco_covid_cls, with one synthetic demo volume of each class
-    and the embedded chest CT as studies."""
+    and the embedded abdominal CT as studies."""
     assert Path(PYTHON).is_file(), f"VOCO_MONAILABEL_PYTHON: {PYTHON} is not a file"
     work = tmp_path_factory.mktemp("voco_app")
     app = work / "voco_app"

@@ -19,7 +19,6 @@ from monai.transforms import LoadImaged, MapTransform
 __all__ = [
     "DEMO_DIR",
     "DEMO_DATALIST",
-    "DEMO_SEGMENTATION_DATALIST",
     "DEMO_ORGANS_DATALIST",
     "VOLUME_SUFFIXES",
     "VolumeError",
@@ -37,8 +36,6 @@ DEMO_DIR = Path(__file__).resolve().parent / "demo_data"
 """Five real CTs (pyradiomics and TotalSegmentator test data), int16 HU, two with organ maps; see its README.md."""
 DEMO_DATALIST = DEMO_DIR / "datalist.json"
 """Pretraining: four CTs train, the chest CT ``lung2`` is held out."""
-DEMO_SEGMENTATION_DATALIST = DEMO_DIR / "segmentation_datalist.json"
-"""The demo CTs with anatomy labels derived by HU thresholds: 1 lungs, 2 bone, 3 soft tissue."""
 DEMO_ORGANS_DATALIST = DEMO_DIR / "organs_datalist.json"
 """Two CTs with BTCV organ ids (TotalSegmentator's predictions): ``abdomen`` trains, ``upper_abdomen`` is held out."""
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")

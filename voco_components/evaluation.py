@@ -14,6 +14,7 @@ from torch import nn
 
 from voco_components.checkpoint import atomic_save, atomic_save_text
 from voco_components.data import volume_stem
+from voco_components.online_probe import PROBE_COUNTS, PROBE_SCORES
 from voco_components.weights import normalise_state_dict
 
 __all__ = ["evaluate_checkpoints", "FeatureWriter"]
@@ -36,7 +37,10 @@ def evaluate_checkpoints(
 
     Returns:
         the written metrics: for each prefix ``p``, ``p + position_top1``, ``p + position_mae``, ``p + position_auc``,
-        ``p + effective_rank``, plus ``chance_top1``, ``num_random_crops`` and the checkpoint paths.
+        ``p + effective_rank``, plus ``chance_top1``, ``num_random_crops`` and the checkpoint paths;
+        when the evaluator runs the organ probe (:class:`voco_components.online_probe.OnlineProbeHandler`),
+        also ``p + probe_knn_accuracy``, ``p + probe_linear_accuracy``, their balanced twins and the
+        probe's crop counts ``probe_num_fit_crops`` and ``probe_num_score_crops``.
     """
     results: dict[str, Any] = {}
     for prefix, path in checkpoints.items():
@@ -52,6 +56,12 @@ def evaluate_checkpoints(
         results[f"{prefix}position_auc"] = float(metrics["val_position_auc"])
         results[f"{prefix}effective_rank"] = float(metrics["val_effective_rank"])
         results["chance_top1"] = float(metrics["val_chance_top1"])
+        for name in PROBE_SCORES:
+            if f"val_{name}" in metrics:
+                results[f"{prefix}{name}"] = float(metrics[f"val_{name}"])
+        for name in PROBE_COUNTS:
+            if f"val_{name}" in metrics:
+                results[name] = int(metrics[f"val_{name}"])
         results[f"{prefix}checkpoint"] = str(path)
     results["num_random_crops"] = int(evaluator.state.metrics.get("val_num_random_crops", 0))
     output_path = Path(output_path)

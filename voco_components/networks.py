@@ -13,6 +13,7 @@ from torch import nn
 
 __all__ = [
     "pool_and_concat",
+    "probe_features",
     "SwinEncoder",
     "SwinClassifier",
     "UNetEncoder",
@@ -25,6 +26,17 @@ __all__ = [
 def pool_and_concat(feature_maps: list[torch.Tensor]) -> torch.Tensor:
     """3D adaptive average pooling of each (N, C_i, D, H, W) map to (N, C_i), concatenated to (N, sum C_i)."""
     return torch.cat([F.adaptive_avg_pool3d(level, 1).flatten(1) for level in feature_maps], dim=1)
+
+
+def probe_features(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Pooled multi-scale features for probes: (N, in_channels, D, H, W) -> (N, F).
+
+    Every map of ``encoder.probe_feature_maps`` (:class:`SwinEncoder`: the five ``swinViT`` stages;
+    :class:`UNetEncoder`: the five levels) pooled and concatenated by :func:`pool_and_concat`; an encoder
+    without that method gives its own pooled embedding ``encoder(x)``.
+    """
+    maps = getattr(encoder, "probe_feature_maps", None)
+    return pool_and_concat(maps(x)) if maps is not None else encoder(x)
 
 
 class SwinEncoder(nn.Module):
@@ -95,6 +107,10 @@ class SwinEncoder(nn.Module):
             self.encoder10(hidden[4]),
         ]
 
+    def probe_feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """(N, in_channels, D, H, W) -> the five ``swinViT`` hidden states, from the patch embedding to the deepest."""
+        return list(self.swinViT(x, self.normalize))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return pool_and_concat(self.feature_maps(x))
 
@@ -164,11 +180,16 @@ class UNetEncoder(nn.Module):
         self.multiscale = multiscale
         self.out_channels = sum(features[:5]) if multiscale else features[4]
 
-    def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """(N, in_channels, D, H, W) -> the deepest level, or all five when ``multiscale``."""
+    def probe_feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """(N, in_channels, D, H, W) -> all five levels, from ``conv_0`` to ``down_4``."""
         levels = [self.conv_0(x)]
         for down in (self.down_1, self.down_2, self.down_3, self.down_4):
             levels.append(down(levels[-1]))
+        return levels
+
+    def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """(N, in_channels, D, H, W) -> the deepest level, or all five when ``multiscale``."""
+        levels = self.probe_feature_maps(x)
         return levels if self.multiscale else levels[-1:]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -29,6 +29,7 @@ def write_class_table(
     class_names: Sequence[str],
     columns: Mapping[str, Sequence[float]],
     summary: Mapping[str, Any],
+    missing: str = "",
 ) -> tuple[Path, Path]:
     """Write one row per class to ``<stem>.csv`` and the same table plus ``summary`` to ``<stem>.json``.
 
@@ -39,6 +40,7 @@ def write_class_table(
         columns: column name -> one value per class, e.g. ``{"dice": [...]}``.
         summary: whole-set figures, e.g. ``{"mean_dice": 0.8}``; the CSV gets them as a last row
             named ``mean`` when they share a column's name prefixed by ``mean_``.
+        missing: what the CSV writes for a missing value (None, NaN), e.g. ``n/a``; the JSON writes null.
 
     Returns:
         the CSV and JSON paths.
@@ -56,10 +58,10 @@ def write_class_table(
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=["class", *columns], lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows)
-    means = {name: summary[f"mean_{name}"] for name in columns if f"mean_{name}" in summary}
+    writer.writerows([{k: missing if v is None else v for k, v in row.items()} for row in rows])
+    means = {name: json_number(summary[f"mean_{name}"]) for name in columns if f"mean_{name}" in summary}
     if means:
-        writer.writerow({"class": "mean", **{name: json_number(v) for name, v in means.items()}})
+        writer.writerow({"class": "mean", **{name: missing if v is None else v for name, v in means.items()}})
     output_dir = Path(output_dir)
     csv_path, json_path = output_dir / f"{stem}.csv", output_dir / f"{stem}.json"
     atomic_save_text(buffer.getvalue(), csv_path)

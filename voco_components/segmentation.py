@@ -1,4 +1,4 @@
-"""Segmentation fine-tuning glue: the per-class Dice report written after an evaluation."""
+"""Segmentation fine-tuning glue: the per-class Dice over the cases that hold each class, and its report."""
 
 from __future__ import annotations
 
@@ -8,22 +8,42 @@ from pathlib import Path
 
 import torch
 from ignite.engine import Engine, Events
+from monai.metrics import DiceMetric
 
 from voco_components.checkpoint import is_main_process
 from voco_components.reports import json_number, write_class_table
 
-__all__ = ["DiceTableWriter"]
+__all__ = ["PerClassDice", "DiceTableWriter"]
 
 logger = logging.getLogger(__name__)
+
+
+class PerClassDice(DiceMetric):
+    """``DiceMetric`` whose aggregate is each class's Dice averaged over the cases whose label holds it.
+
+    With ``ignore_empty`` (the default) a case whose label lacks a class gives NaN for it, whatever the
+    prediction; the aggregate is the NaN-ignoring mean over cases, so a class absent from every case is NaN
+    (BTCV's "n/a"), not 0 as ``DiceMetric(reduction="mean_batch")`` reports it. Takes ``DiceMetric``'s
+    arguments; the ``reduction`` is not used.
+
+    Returns from ``aggregate``: (C,) float Dice per class, NaN for a class absent from every case.
+    """
+
+    def aggregate(self, reduction: str | None = None) -> torch.Tensor:  # noqa: ARG002 (DiceMetric's signature)
+        data = self.get_buffer()
+        if not isinstance(data, torch.Tensor):
+            raise ValueError(f"PerClassDice has no per-case values to aggregate (buffer {type(data).__name__}).")
+        return torch.nanmean(data.double().reshape(-1, data.shape[-1]), dim=0)
 
 
 class DiceTableWriter:
     """Evaluator handler: after each evaluation, write the Dice of every class and their mean.
 
-    Reads ``engine.state.metrics[metric_name]``, the per-class Dice averaged over cases (e.g. MONAI's
-    ``MeanDice`` with ``reduction="mean_batch"``: a tensor of shape (C,)), and writes
-    ``<output_dir>/<stem>.csv`` and ``<stem>.json`` with one row per class plus the mean over classes
-    (classes absent from every case, NaN, are left out of the mean and written as empty / null).
+    Reads ``engine.state.metrics[metric_name]``, the per-class Dice averaged over cases (e.g.
+    :class:`PerClassDice` through ``IgniteMetricHandler``: a tensor of shape (C,)), and writes
+    ``<output_dir>/<stem>.csv`` and ``<stem>.json`` with one row per class plus the mean over classes.
+    Classes absent from every case (NaN) are left out of the mean and written as ``n/a`` (CSV) / null
+    (JSON); the JSON's ``num_classes_present`` says how many classes the mean is over.
 
     Args:
         output_dir: folder of the report, e.g. ``<output_dir>/eval``.
@@ -60,8 +80,17 @@ class DiceTableWriter:
                 f"({self.class_names}): check class_names and include_background."
             )
         mean = float(torch.nanmean(values)) if bool(torch.isfinite(values).any()) else float("nan")
-        summary = {"mean_dice": json_number(mean), "num_cases": len(engine.state.dataloader.dataset), **self.extra}
+        present = int(torch.isfinite(values).sum())
+        summary = {
+            "mean_dice": json_number(mean),
+            "num_classes_present": present,
+            "num_cases": len(engine.state.dataloader.dataset),
+            **self.extra,
+        }
         csv_path, _ = write_class_table(
-            self.output_dir, self.stem, self.class_names, {"dice": values.tolist()}, summary
+            self.output_dir, self.stem, self.class_names, {"dice": values.tolist()}, summary, missing="n/a"
         )
-        logger.info(f"mean Dice {mean:.4f} over {len(self.class_names)} classes; per-class table in {csv_path}")
+        logger.info(
+            f"mean Dice {mean:.4f} over the {present} of {len(self.class_names)} classes present; "
+            f"per-class table in {csv_path}"
+        )
