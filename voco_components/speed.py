@@ -53,7 +53,7 @@ class GradScalerHandler:
             engine.scaler = torch.amp.GradScaler("cuda", enabled=False)
 
 
-def compile_swin(network: nn.Module, enabled: bool = True) -> nn.Module:
+def compile_swin(network: nn.Module, enabled: bool = True, backend: str = "inductor") -> nn.Module:
     """``torch.compile`` every SwinViT (MONAI ``SwinTransformer``) inside ``network`` in place, with static shapes.
 
     ``nn.Module.compile`` keeps the module and its state-dict keys (no ``_orig_mod.`` prefix), so
@@ -62,7 +62,7 @@ def compile_swin(network: nn.Module, enabled: bool = True) -> nn.Module:
     if enabled:
         for module in network.modules():
             if isinstance(module, SwinTransformer):
-                module.compile(dynamic=False)
+                module.compile(dynamic=False, backend=backend)
     return network
 
 
