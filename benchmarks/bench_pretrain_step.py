@@ -6,17 +6,24 @@ Two measurements, each side of a comparison run by this one script:
   2048-d projector, the paper's VoCoLoss) on ``--volumes`` × (16 + 4) crops of 64³, with
   ``use_checkpoint`` False and True. Each side runs in a fresh subprocess so that its peak resident
   memory (CPU) or peak allocated memory (CUDA) is its own.
+* ``--mode attention``: MONAI's window attention against the SDPA one (``voco_components.attention``), and
+  SDPA under bfloat16 autocast, in one process on one network (the attention is switched in place between
+  steps, sides interleaved, so that both see the same machine load): median step time per side.
+  ``--size demo`` is the CPU demo's network (feature_size 12, window 4, 2 × 20 crops of 32³),
+  ``--size paper`` the paper's (feature_size 48, window 7, ``--volumes`` × 20 crops of 64³).
 * ``--mode demo``: the CPU demo of ``bundles/voco_pretrain`` (train.json + cpu_demo.json) for
   ``--steps`` steps through the real Ignite trainer: mean step time, the share of it spent waiting
   for data, and peak resident memory.
 
-Usage: ``python benchmarks/bench_pretrain_step.py --mode step --volumes 1`` or ``--mode demo --steps 20``.
+Usage: ``python benchmarks/bench_pretrain_step.py --mode step --volumes 1``, ``--mode demo --steps 20`` or
+``--mode attention --size demo --repeats 5``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import subprocess
@@ -75,6 +82,47 @@ def one_step(volumes: int, checkpointing: bool, repeats: int, device: torch.devi
     return {"step_s": sum(times) / len(times), "peak_mib": _peak_memory_mib(device)}
 
 
+ATTENTION_SIZES = {"demo": (12, 4, 32, 512), "paper": (48, 7, 64, 2048)}  # feature size, window, roi, projector
+
+
+def attention_comparison(size: str, volumes: int, repeats: int, sides: list[str]) -> dict:
+    """Median optimiser-step time of each side (``monai``, ``sdpa``, ``sdpa+bf16``), interleaved in one process."""
+    import statistics
+    from contextlib import nullcontext
+
+    from voco_components.attention import set_window_attention
+    from voco_components.losses import VoCoLoss
+    from voco_components.networks import SwinEncoder, VoCoNet
+
+    feature_size, window, roi, projector = ATTENTION_SIZES[size]
+    torch.manual_seed(0)
+    net = VoCoNet(SwinEncoder(feature_size=feature_size, window_size=window), projector, projector)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4, weight_decay=1e-2)
+    loss_fn = VoCoLoss()
+    crops = torch.rand(volumes * 20, 1, roi, roi, roi)
+    labels = torch.softmax(torch.randn(volumes, 4, 16), dim=-1)
+
+    def step(side: str) -> float:
+        set_window_attention(net, side.split("+")[0])
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16) if side.endswith("+bf16") else nullcontext()
+        start = time.perf_counter()
+        with autocast:
+            features = net(crops).reshape(volumes, 20, -1).float()
+        loss = loss_fn(features[:, 16:], features[:, :16], labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return time.perf_counter() - start
+
+    times: dict[str, list[float]] = {side: [] for side in sides}
+    for side in sides:  # warm-up
+        step(side)
+    for _ in range(repeats):
+        for side in sides:
+            times[side].append(step(side))
+    return {side: {"median_s": statistics.median(t), "times_s": t} for side, t in times.items()}
+
+
 def demo(steps: int) -> dict:
     """Run the CPU demo config for ``steps`` steps and time data waits inside the Ignite loop."""
     from ignite.engine import Events
@@ -127,7 +175,9 @@ def _machine() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mode", choices=("step", "demo"), default="step")
+    parser.add_argument("--mode", choices=("step", "demo", "attention"), default="step")
+    parser.add_argument("--size", choices=tuple(ATTENTION_SIZES), default="demo", help="network of --mode attention")
+    parser.add_argument("--sides", nargs="+", default=["monai", "sdpa", "sdpa+bf16"], help="sides of --mode attention")
     parser.add_argument("--volumes", type=int, default=4, help="volumes per step (paper: 4)")
     parser.add_argument("--repeats", type=int, default=2, help="timed steps after one warm-up")
     parser.add_argument("--steps", type=int, default=20, help="demo steps")
@@ -140,6 +190,21 @@ def main() -> None:
         print(json.dumps(one_step(args.volumes, args.child == "on", args.repeats, device)))
         return
     print(f"machine: {_machine()}")
+    if args.mode == "attention":
+        result = attention_comparison(args.size, args.volumes, args.repeats, args.sides)
+        print(
+            f"{args.size} size, {args.volumes} × 20 crops, median of {args.repeats} interleaved steps after 1 warm-up"
+        )
+        load = os.getloadavg()[0]
+        shared = " (shared: compare ratios only)" if load > 1.5 else ""
+        print(f"1-minute load average {load:.1f} on {os.cpu_count()} cores{shared}")
+        print("| attention | step time (s) | vs monai |")
+        print("|---|---:|---:|")
+        base = result.get("monai", {}).get("median_s")
+        for side, row in result.items():
+            ratio = f"{base / row['median_s']:.2f}× faster" if base else ""
+            print(f"| {side} | {row['median_s']:.2f} | {ratio} |")
+        return
     if args.mode == "demo":
         result = demo(args.steps)
         print(

@@ -254,14 +254,18 @@ def test_ema_handler_type_error_and_explicit_network():
         assert torch.equal(t, s) and not torch.equal(t, o)
 
 
-def test_loss_terms_handler_writes_floats():
+def test_loss_terms_handler_writes_detached_tensors():
+    """The terms stay 0-d tensors without a graph (no host sync per step); their values are the criterion's."""
     crit = VoCoCriterion("paper")
-    crit(_randn(2 * 5, 6, seed=5), _labels(2, 2, 3, seed=6))
+    features = _randn(2 * 5, 6, seed=5).requires_grad_()
+    crit(features, _labels(2, 2, 3, seed=6))
     engine = SimpleNamespace(state=SimpleNamespace(output={"loss": torch.tensor(1.0)}))
     LossTermsHandler(crit)(engine)
     out = engine.state.output
-    assert isinstance(out["loss_pred"], float) and isinstance(out["loss_reg"], float)
-    assert out["loss_pred"] == pytest.approx(crit.terms["pred"].item())
+    for term in ("pred", "reg"):
+        value = out[f"loss_{term}"]
+        assert isinstance(value, torch.Tensor) and value.ndim == 0 and not value.requires_grad
+        assert float(value) == pytest.approx(crit.terms[term].item())
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -358,7 +362,7 @@ def test_paper_trainer_runs_and_loss_decreases():
             engine.add_event_handler(Events.ITERATION_COMPLETED, self)
 
         def __call__(self, engine):
-            losses.append({k: engine.state.output[k] for k in ("loss_pred", "loss_reg")})
+            losses.append({k: float(engine.state.output[k]) for k in ("loss_pred", "loss_reg")})
             losses[-1]["loss"] = engine.state.output[CommonKeys.LOSS].item()
 
     trainer = SupervisedTrainer(
@@ -376,7 +380,6 @@ def test_paper_trainer_runs_and_loss_decreases():
     assert len(losses) == 3
     for record in losses:
         assert all(math.isfinite(v) for v in record.values())
-        assert isinstance(record["loss_pred"], float) and isinstance(record["loss_reg"], float)
         assert record["loss"] == pytest.approx(record["loss_pred"] + record["loss_reg"], rel=1e-5)
     assert losses[-1]["loss"] < losses[0]["loss"]
     assert trainer.state.output[CommonKeys.PRED].shape == (6, 16)

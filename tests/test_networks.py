@@ -38,10 +38,12 @@ def _check_loads(encoder: nn.Module, full: nn.Module) -> list[str]:
     return list(result.missing_keys)
 
 
+# MONAI's own attention, so that the outputs can be compared bit for bit with SwinUNETR's; the SDPA attention
+# (the default) is compared with it in tests/test_attention.py
 @pytest.fixture(scope="module")
 def swin_pair():
     torch.manual_seed(0)
-    encoder = SwinEncoder(feature_size=FS, window_size=4).eval()
+    encoder = SwinEncoder(feature_size=FS, window_size=4, attention="monai").eval()
     torch.manual_seed(1)
     full = SwinUNETR(in_channels=1, out_channels=14, feature_size=FS, window_size=4).eval()
     return encoder, full
@@ -50,7 +52,7 @@ def swin_pair():
 @pytest.fixture(scope="module")
 def multiscale_pair():
     torch.manual_seed(2)
-    encoder = SwinEncoder(feature_size=FS, window_size=4, multiscale=True).eval()
+    encoder = SwinEncoder(feature_size=FS, window_size=4, multiscale=True, attention="monai").eval()
     torch.manual_seed(3)
     full = SwinUNETR(in_channels=1, out_channels=14, feature_size=FS, window_size=4).eval()
     return encoder, full

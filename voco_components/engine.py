@@ -151,6 +151,11 @@ class VoCoPrepareBatch(PrepareBatch):
         return inputs, labels.to(device=device, non_blocking=non_blocking, **kwargs)
 
 
+def _at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
+    """16-bit floating tensors cast to float32; float32 and float64 as they are."""
+    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
+
+
 class VoCoCriterion(nn.Module):
     """``SupervisedTrainer(loss_function=...)`` adapter: network output and labels in, VoCo loss out.
 
@@ -159,7 +164,9 @@ class VoCoCriterion(nn.Module):
             from :class:`VoCoTeacherStudent`, :class:`OfficialVoCoLoss`).
         lambda_reg: regulariser weight of the paper variant (the official variant takes none).
 
-    ``terms`` holds the detached loss terms of the last call.
+    ``terms`` holds the detached loss terms of the last call. The loss is always computed in float32 with
+    autocast off: under 16-bit autocast its cosine matmuls and log(1 - |y - l|) near 0 would lose the
+    epsilon (1e-6 is below float16's and bfloat16's resolution around 1).
     """
 
     def __init__(self, variant: str = "paper", lambda_reg: float = 1.0) -> None:
@@ -174,6 +181,10 @@ class VoCoCriterion(nn.Module):
         return self.loss.terms
 
     def forward(self, output: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(output.device.type, enabled=False):
+            return self._loss(_at_least_float32(output), _at_least_float32(labels))
+
+    def _loss(self, output: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if not self.variant.uses_teacher:
             random, base = split_crop_features(output, labels)
             return self.loss(random, base, labels)
@@ -211,8 +222,11 @@ class EMATeacherHandler:
 
 
 class LossTermsHandler:
-    """Ignite handler: copy the criterion's loss terms into ``engine.state.output`` as ``loss_<term>`` floats,
-    so that ``StatsHandler`` and ``TensorBoardStatsHandler`` log them beside ``loss``.
+    """Ignite handler: copy the criterion's loss terms into ``engine.state.output`` as ``loss_<term>``, so that
+    ``StatsHandler`` and ``TensorBoardStatsHandler`` log them beside ``loss``.
+
+    The terms stay detached 0-d tensors on the network's device: turning them into Python floats would
+    wait for the GPU in every step; the logging handlers convert them when they log.
 
     Works with ``decollate=False`` (one output dict) and with MONAI's default decollated list of dicts.
     """
@@ -226,6 +240,6 @@ class LossTermsHandler:
     def __call__(self, engine: Engine) -> None:
         output = engine.state.output
         outputs = [output] if isinstance(output, dict) else [o for o in output if isinstance(o, dict)]
-        terms = {f"loss_{name}": float(value) for name, value in self.criterion.terms.items()}
+        terms = {f"loss_{name}": value.detach() for name, value in self.criterion.terms.items()}
         for out in outputs:
             out.update(terms)

@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from monai.networks.nets import BasicUNet, SwinUNETR
 from torch import nn
 
+from voco_components.attention import set_window_attention
+
 __all__ = [
     "pool_and_concat",
     "probe_features",
@@ -56,6 +58,9 @@ class SwinEncoder(nn.Module):
         multiscale: also keep SwinUNETR's ``encoder1/2/3/4/10`` blocks and return their five outputs
             (the author code's 24·feature_size pooled embedding, 1152-d for 48); otherwise return the
             last Swin stage only (16·feature_size channels, the CVPR head).
+        attention: ``"sdpa"`` (window attention through ``scaled_dot_product_attention`` with cached
+            shifted-window masks, :mod:`voco_components.attention`) or ``"monai"`` (MONAI's own); the
+            same function, parameters and state dict either way.
 
     Forward: (N, in_channels, D, H, W), each of D, H, W divisible by 32 -> pooled embedding (N, out_channels):
     every returned feature map is 3D-adaptive-average-pooled to one vector and the vectors are concatenated.
@@ -71,6 +76,7 @@ class SwinEncoder(nn.Module):
         use_checkpoint: bool = False,
         use_v2: bool = False,
         multiscale: bool = False,
+        attention: str = "sdpa",
     ) -> None:
         super().__init__()
         full = SwinUNETR(
@@ -84,6 +90,7 @@ class SwinEncoder(nn.Module):
             use_v2=use_v2,
             spatial_dims=3,
         )
+        set_window_attention(full, attention)
         self.normalize = full.normalize
         self.swinViT = full.swinViT  # noqa: N815 (SwinUNETR's attribute name)
         self.multiscale = multiscale
@@ -135,7 +142,7 @@ class SwinClassifier(SwinEncoder):
         window_size: attention window.
         dropout: dropout probability on the pooled embedding before the head.
         encoder_kwargs: other :class:`SwinEncoder` arguments (``depths``, ``num_heads``,
-            ``use_checkpoint``, ``use_v2``, ``multiscale``).
+            ``use_checkpoint``, ``use_v2``, ``multiscale``, ``attention``).
 
     Forward: (N, in_channels, D, H, W), each of D, H, W divisible by 32 -> logits (N, num_classes).
     """
@@ -280,11 +287,18 @@ class VoCoTeacherStudent(nn.Module):
 
     @torch.no_grad()
     def update_teacher(self, momentum: float) -> None:
-        """teacher <- momentum * teacher + (1 - momentum) * student, for parameters and float buffers."""
-        for t_param, s_param in zip(self.teacher.parameters(), self.student.parameters(), strict=True):
-            t_param.mul_(momentum).add_(s_param.detach(), alpha=1.0 - momentum)
+        """teacher <- momentum * teacher + (1 - momentum) * student, for parameters and float buffers.
+
+        One ``torch._foreach_*`` call per operation over all tensors instead of a Python loop over them;
+        other buffers (integer indices) are copied.
+        """
+        pairs = list(zip(self.teacher.parameters(), self.student.parameters(), strict=True))
         for t_buf, s_buf in zip(self.teacher.buffers(), self.student.buffers(), strict=True):
             if t_buf.is_floating_point():
-                t_buf.mul_(momentum).add_(s_buf, alpha=1.0 - momentum)
+                pairs.append((t_buf, s_buf))
             else:
                 t_buf.copy_(s_buf)
+        if pairs:
+            teacher, student = (list(side) for side in zip(*pairs, strict=True))
+            torch._foreach_mul_(teacher, momentum)
+            torch._foreach_add_(teacher, student, alpha=1.0 - momentum)
