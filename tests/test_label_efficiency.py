@@ -259,6 +259,7 @@ def result_files(out: Path) -> dict[Path, int]:
     return {p: p.stat().st_mtime_ns for p in sorted(out.glob("runs/**/result.json"))}
 
 
+@pytest.mark.slow  # about a minute on a shared 2-core VM: 18 volumes through two encoders, 16 probe fits
 def test_feature_probes_run_resume_and_redo_an_unfinished_run(tmp_path, small_demo, monkeypatch):
     monkeypatch.chdir(REPO)
     protocol = write_protocol(tmp_path, small_demo, ["knn", "linear"])

@@ -311,6 +311,7 @@ class FeatureCache:
         self.p, self.folder, self.dataset_dir = p, out / "features", dataset_dir
         self.entries, self.inits = entries, inits
         self.loaded: dict[str, dict[str, Any]] = {}
+        self.batch_size = 8
 
     def key(self, init: str, train_seed: int) -> str:
         return f"{init}_seed{train_seed}" if self.inits[init]["path"] is None else init
@@ -328,7 +329,11 @@ class FeatureCache:
         return network.eval()
 
     def prepare(self, wanted: list[tuple[str, int]]) -> None:
-        """Extract the features of every (init, train seed) in ``wanted`` not cached yet, reading each volume once."""
+        """Extract the features of every (init, train seed) in ``wanted`` not cached yet.
+
+        Each volume is read and preprocessed once (the bundle's ``validate#preprocessing``), all of them are
+        held as one (N, 1, *spatial_size) tensor, and every encoder runs over it in batches of 8.
+        """
         todo = {}
         for init, seed in wanted:
             key = self.key(init, seed)
@@ -341,19 +346,22 @@ class FeatureCache:
             return
         parser = _parser(self.p, _bundle_configs(self.p), {**self.p.overrides, "dataset_dir": str(self.dataset_dir)})
         preprocessing = parser.get_parsed_content("validate#preprocessing")
-        networks = {key: self._network(init, seed, parser) for key, (init, seed) in todo.items()}
-        features: dict[str, list[torch.Tensor]] = {key: [] for key in todo}
-        with torch.no_grad():
-            for entry in self.entries:
-                item = preprocessing({"image": str(self.dataset_dir / entry["image"]), "label": entry["label"]})
-                image = torch.as_tensor(item["image"])[None].float()
-                for key, network in networks.items():
-                    features[key].append(pool_and_concat(network.feature_maps(image))[0])
-        for key, (init, _) in todo.items():
+        images = torch.stack(
+            [
+                torch.as_tensor(preprocessing({"image": str(self.dataset_dir / e["image"])})["image"]).float()
+                for e in self.entries
+            ]
+        )
+        for key, (init, seed) in todo.items():
+            network = self._network(init, seed, parser)
+            with torch.no_grad():
+                features = torch.cat(
+                    [pool_and_concat(network.feature_maps(batch)) for batch in images.split(self.batch_size)]
+                )
             record = {
                 "images": [e["image"] for e in self.entries],
                 "labels": torch.tensor([e["label"] for e in self.entries]),
-                "features": torch.stack(features[key]),
+                "features": features,
                 "sha256": self.inits[init]["sha256"],
                 "num_classes": int(parser.get_parsed_content("num_classes")),
             }
@@ -685,7 +693,7 @@ def table_markdown(table: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_curve(table: list[dict[str, Any]], metric: str, path: Path) -> None:
+def plot_curve(table: list[dict[str, Any]], metric: str, path: Path, unit: str = "labelled volumes") -> None:
     """``metric`` against budget, one line per init and probe with its 95 % CI band, saved to ``path``."""
     try:
         import matplotlib
@@ -702,9 +710,12 @@ def plot_curve(table: list[dict[str, Any]], metric: str, path: Path) -> None:
         x = [float(e["budget"]) for e in cells]
         axes.plot(x, [e["mean"] for e in cells], marker="o", label=f"{init} / {probe}")
         axes.fill_between(x, [e["ci_low"] for e in cells], [e["ci_high"] for e in cells], alpha=0.2)
-    if len({float(e["budget"]) for e in table}) > 1:
+    budgets = sorted({float(e["budget"]) for e in table})
+    if len(budgets) > 1:
         axes.set_xscale("log")
-    axes.set_xlabel("label budget")
+    axes.set_xticks(budgets, [f"{b:g}" for b in budgets])
+    axes.minorticks_off()
+    axes.set_xlabel(f"label budget ({unit})")
     axes.set_ylabel(metric)
     axes.legend(fontsize=8)
     axes.grid(alpha=0.3)
@@ -725,7 +736,7 @@ def summarize(out: str | Path) -> Path:
     metric = PRIMARY_METRIC.get(protocol.get("task", ""), table[0]["metric"])
     path = out / "table.md"
     atomic_save_text(table_markdown(table), path)
-    plot_curve(table, metric, out / "curve.png")
+    plot_curve(table, metric, out / "curve.png", protocol.get("budget_unit", "labelled volumes").replace("_", " "))
     return path
 
 
