@@ -491,7 +491,7 @@ def run_bundle_probe(
     _bundle_call([*base, *evaluate, overrides_file], folder / "evaluate.log", None)
     parser = _parser(p, train_files[:-1], overrides)
     rows = (
-        _segmentation_rows(p, run, folder / "eval", parser)
+        _segmentation_rows(p, run, folder / "eval", parser, test)
         if p.task == "segmentation"
         else _bundle_classification_rows(p, run, folder / "eval")
     )
@@ -507,20 +507,26 @@ def _bundle_classification_rows(p: Protocol, run: Run, eval_dir: Path) -> list[d
     return _classification_rows(p, run, [v["image"] for v in volumes], predictions, labels)
 
 
-def _segmentation_rows(p: Protocol, run: Run, eval_dir: Path, parser: ConfigParser) -> list[dict[str, Any]]:
+def _segmentation_rows(
+    p: Protocol, run: Run, eval_dir: Path, parser: ConfigParser, test: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
     """Per case and organ ``dice``, per case ``mean_dice`` over its organs, and their means over the cases.
 
-    Reads MONAI's ``MetricsSaver`` table ``val_mean_dice_raw.csv`` (tab-separated: filename, class0 ...,
-    mean). An organ absent from a case's label map (Dice NaN) is left out of that case's mean.
+    Reads MONAI's ``MetricsSaver`` table ``val_mean_dice_raw.csv`` (comma-separated: case, class0 ..., mean;
+    one line per test volume in ``test`` order, as the evaluator does not shuffle). An organ absent from a
+    case's label map (Dice NaN) is left out of that case's mean.
     """
     names = parser.get_parsed_content("class_names")
     if not parser.get_parsed_content("dice_include_background"):
         names = names[1:]
-    with open(eval_dir / "val_mean_dice_raw.csv") as handle:
-        table = list(csv.reader(handle, delimiter="\t"))
+    path = eval_dir / "val_mean_dice_raw.csv"
+    with open(path) as handle:
+        table = list(csv.reader(handle, delimiter=","))[1:]
+    if len(table) != len(test) or any(len(line) != len(names) + 2 for line in table):
+        raise ValueError(f"{path}: expected {len(test)} cases of {len(names)} classes, got {len(table)} lines.")
     rows, per_case = [], []
-    for line in table[1:]:
-        case, values = Path(line[0]).name, np.array([float(v) for v in line[1 : 1 + len(names)]])
+    for entry, line in zip(test, table, strict=True):
+        case, values = Path(entry["image"]).name, np.array([float(v) for v in line[1 : 1 + len(names)]])
         rows += [_row(p, run, case, name, "dice", v) for name, v in zip(names, values, strict=True) if np.isfinite(v)]
         mean = float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
         rows.append(_row(p, run, case, "all", "mean_dice", mean))
