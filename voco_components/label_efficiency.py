@@ -419,6 +419,7 @@ def run_feature_probe(
         predictions = model.predict(x_test)
         settings = {"probe": "logistic_regression", "weight_decay": p.linear_weight_decay}
     settings.update(cache_key=cache.key(run.init, run.train_seed), feature_size=int(x_train.shape[1]))
+    settings.update(config_files=[str(f) for f in _bundle_configs(p)], overrides=p.overrides)
     return _classification_rows(p, run, test_images, predictions, y_test), settings
 
 
