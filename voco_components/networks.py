@@ -12,12 +12,14 @@ from monai.networks.nets import BasicUNet, SwinUNETR
 from torch import nn
 
 from voco_components.attention import set_window_attention
+from voco_components.freezing import freeze
 
 __all__ = [
     "pool_and_concat",
     "probe_features",
     "SwinEncoder",
     "SwinClassifier",
+    "SwinLinearProbe",
     "UNetEncoder",
     "ProjectionHead",
     "VoCoNet",
@@ -164,6 +166,51 @@ class SwinClassifier(SwinEncoder):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.dropout(super().forward(x)))
+
+
+class SwinLinearProbe(SwinEncoder):
+    """A linear segmentation probe on a frozen SwinUNETR encoder.
+
+    Each of the five hidden states of ``swinViT`` (feature_size, 2, 4, 8 and 16 × feature_size channels at
+    1/2 ... 1/32 of the input size) goes through its own 1×1×1 convolution to ``out_channels`` logits, is
+    upsampled trilinearly to the input size, and the five maps are added. Because a 1×1×1 convolution and
+    trilinear interpolation are both linear, this equals one 1×1×1 convolution of the concatenated
+    upsampled hidden states, without holding 31·feature_size channels at full resolution.
+
+    The encoder is frozen (:func:`voco_components.freezing.freeze`) and keeps SwinUNETR's names
+    (``swinViT.*``), so :func:`voco_components.weights.load_pretrained` loads a VoCo export into it; the
+    heads are ``heads.0`` ... ``heads.4``.
+
+    Args:
+        in_channels: input channels.
+        out_channels: segmentation classes, background included.
+        feature_size: SwinUNETR's feature size.
+        window_size: attention window.
+        encoder_kwargs: other :class:`SwinEncoder` arguments (``depths``, ``num_heads``, ``use_v2``).
+
+    Forward: (N, in_channels, D, H, W), each divisible by 32 -> logits (N, out_channels, D, H, W).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        feature_size: int = 48,
+        window_size: int | Sequence[int] = 7,
+        **encoder_kwargs: Any,
+    ) -> None:
+        super().__init__(in_channels=in_channels, feature_size=feature_size, window_size=window_size, **encoder_kwargs)
+        widths = [feature_size * 2**level for level in range(5)]
+        self.heads = nn.ModuleList(nn.Conv3d(width, out_channels, kernel_size=1) for width in widths)
+        freeze(self, ["swinViT"])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = self.swinViT(x, self.normalize)
+        size = x.shape[2:]
+        return sum(
+            F.interpolate(head(level), size=size, mode="trilinear", align_corners=False)
+            for head, level in zip(self.heads, hidden, strict=True)
+        )
 
 
 class UNetEncoder(nn.Module):
