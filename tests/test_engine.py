@@ -344,8 +344,8 @@ def test_official_trainer_updates_teacher_by_ema():
     out = trainer.state.output
     assert isinstance(out, dict)
     terms = {name: out[f"loss_{name}"] for name in ("pos", "neg", "reg")}
-    assert all(isinstance(v, float) and math.isfinite(v) for v in terms.values())
-    assert out[CommonKeys.LOSS].item() == pytest.approx(sum(terms.values()), rel=1e-5)
+    assert all(torch.is_tensor(v) and v.ndim == 0 and math.isfinite(float(v)) for v in terms.values())
+    assert out[CommonKeys.LOSS].item() == pytest.approx(sum(float(v) for v in terms.values()), rel=1e-5)
     assert out[CommonKeys.PRED].shape == (2, 6, 16)
 
 
@@ -550,6 +550,11 @@ def test_position_auc_metric_skips_undefined_crops():
     metric = PositionAUC()
     metric.update((features, labels))
     assert metric.compute() == pytest.approx(sum(refs) / len(refs), rel=1e-9)
+    metric.reset()
+    with pytest.raises(NotComputableError):
+        metric.compute()
+    metric.update((features, torch.full_like(labels, 1.0 / n)))  # every crop overlaps every base
+    assert math.isnan(metric.compute())
 
 
 class _FlattenLinear(nn.Module):

@@ -454,7 +454,8 @@ def run_bundle_probe(
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Train with ``configs/label_efficiency/<probe>.json`` for ``steps`` steps, then evaluate on the test set.
 
-    The bundle validates nowhere during training (the overlays set ``val_interval`` past the last epoch), so
+    The bundle validates nowhere during training (the overlays set ``val_interval`` past the last epoch and
+    ``validate_last_epoch`` false), so
     the test set is seen once, by the final model; the preprocessed volumes are shared through ``cache_dir``.
     """
     datalist = folder / "datalist.json"

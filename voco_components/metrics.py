@@ -126,13 +126,26 @@ class PositionMAE(_CropMetric):
 
 
 class PositionAUC(_CropMetric):
-    """Mean over random crops of :func:`position_auc`; crops that overlap every base or none are left out."""
+    """Mean over random crops of :func:`position_auc`; crops that overlap every base or none are left out.
+
+    NaN when every crop seen was left out (on a grid of two cells a crop often overlaps both).
+    """
+
+    def reset(self) -> None:
+        super().reset()
+        self._updates = 0
 
     def update(self, output: tuple[torch.Tensor, torch.Tensor]) -> None:
         features, labels = output
         random, base = split_crop_features(features, labels)
         auc = position_auc(position_logits(random, base), labels)
         self._add(auc[~auc.isnan()])
+        self._updates += 1
+
+    def compute(self) -> float:
+        if self._updates and not self._count:
+            return float("nan")
+        return super().compute()
 
 
 class BaseEffectiveRank(_CropMetric):
