@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -106,7 +107,7 @@ def prepare_volume(entry: Mapping[str, Any]) -> dict[str, Any]:
         error = _volume_error(exc) or exc
         return {**record, "status": "failed", "error": f"{type(error).__name__}: {error}"}
     meta = image.meta
-    pixdim = meta.get("original_pixdim")
+    original_affine = meta.get("original_affine")  # as read, before orientation (MONAI 1.5.2 and 1.6)
     return {
         **record,
         "status": "done",
@@ -115,9 +116,14 @@ def prepare_volume(entry: Mapping[str, Any]) -> dict[str, Any]:
         "checksum": checksum,
         "shape": list(array.shape),
         "original_shape": [int(s) for s in meta.get("spatial_shape", [])],
-        "original_spacing": [float(s) for s in pixdim[1:4]] if pixdim is not None else None,
+        "original_spacing": _spacing(original_affine) if original_affine is not None else None,
         "foreground_box": foreground_box(image),
     }
+
+
+def _spacing(affine: Any) -> list[float]:
+    """Voxel size in mm from a (4, 4) affine: the lengths of its first three columns."""
+    return [round(float(s), 6) for s in np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)]
 
 
 class Preparer:
