@@ -16,7 +16,14 @@ from torch.utils.data import DistributedSampler
 from voco_components.data import VolumeError
 from voco_components.volume_cache import LoadCachedVolumed, VolumeCache, entry_text
 
-__all__ = ["sample_seed", "hash_entry_and_files", "PreparedVolumes", "VoCoStepDataset", "ResumableDistributedSampler"]
+__all__ = [
+    "sample_seed",
+    "volume_error_in",
+    "hash_entry_and_files",
+    "PreparedVolumes",
+    "VoCoStepDataset",
+    "ResumableDistributedSampler",
+]
 
 logger = logging.getLogger(__name__)
 ON_BAD_VOLUME = ("raise", "skip")
@@ -47,7 +54,7 @@ def hash_entry_and_files(item: Any) -> bytes:
     return pickle_hashing(entry)
 
 
-def _volume_error(exc: BaseException) -> VolumeError | None:
+def volume_error_in(exc: BaseException) -> VolumeError | None:
     """The :class:`VolumeError` in an exception chain (MONAI wraps transform errors in RuntimeError)."""
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
@@ -209,7 +216,7 @@ class VoCoStepDataset(Dataset):
             try:
                 return dict(self.volumes[volume])
             except Exception as exc:
-                error = _volume_error(exc)
+                error = volume_error_in(exc)
                 if error is None:
                     raise
                 if self.on_bad_volume == "raise":

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from voco_components.datasets import _volume_error
+from voco_components.datasets import volume_error_in
 from voco_components.volume_cache import (
     MANIFEST_DIR,
     ManifestWriter,
@@ -104,7 +104,7 @@ def prepare_volume(entry: Mapping[str, Any]) -> dict[str, Any]:
             stale.unlink(missing_ok=True)
         nbytes, checksum = write_volume(target, array, header, cache.clevel)
     except Exception as exc:
-        error = _volume_error(exc) or exc
+        error = volume_error_in(exc) or exc
         return {**record, "status": "failed", "error": f"{type(error).__name__}: {error}"}
     meta = image.meta
     original_affine = meta.get("original_affine")  # as read, before orientation (MONAI 1.5.2 and 1.6)
