@@ -328,3 +328,12 @@ def test_swin_classifier_is_the_encoder_embedding_through_a_linear_head():
     assert logits.shape == (2, 3)
     torch.testing.assert_close(logits, expected)
     assert classifier.head.in_features == 16 * 12
+
+
+def test_multiscale_training_on_too_small_crops_names_the_limit():
+    """32³ crops leave the deepest level 1x1x1, which the official variant's instance norm cannot train on:
+    the encoder says so instead of failing inside torch; 64x32x32 (deepest 2x1x1) trains."""
+    encoder = SwinEncoder(feature_size=FS, window_size=4, multiscale=True).train()
+    with pytest.raises(ValueError, match="roi_size of 64"):
+        encoder(torch.zeros(2, 1, 32, 32, 32))
+    assert encoder(torch.zeros(2, 1, 64, 32, 32)).shape == (2, 24 * FS)

@@ -2,8 +2,9 @@
 
 Usage::
 
-    python tools/pretrain_ablation.py --out ablation/ --runs baseline lr_3e-4 no_aug
-    python tools/pretrain_ablation.py --out ablation/ --table   # the markdown table of the finished runs
+    python tools/pretrain_ablation.py --out ablation/ --runs quick_start crop_augmentation crops_4
+    python tools/pretrain_ablation.py --out ablation/ --table    # the markdown table of the finished runs
+    python tools/pretrain_ablation.py --out ablation/ --curves   # held-out validations of every run, stopped ones too
 
 Each run trains ``bundles/voco_pretrain`` with ``train.json`` + ``cpu_demo.json`` + its overrides into
 ``<out>/<name>/``, then evaluates the final and the initial checkpoint twice with ``evaluate.json``: on the
@@ -21,24 +22,43 @@ import sys
 import time
 from pathlib import Path
 
+from plot_pretrain_curves import read_scalars
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "bundles" / "voco_pretrain" / "configs"
+CROP_AUGMENTATION = {"crop_flip_prob": 0.2, "crop_rot90_prob": 0.2, "crop_shift_intensity_prob": 0.1}
+"""``train.json``'s per-crop flips, 90-degree turns and intensity shifts, which ``cpu_demo.json`` switches off."""
+EARLIER_DEMO = {**CROP_AUGMENTATION, "num_crops": 4}
+"""The CPU demo before it changed: crop augmentation on, 4 random crops per volume."""
 RUNS: dict[str, dict] = {
-    "baseline": {},
-    "region_jitter": {"region_min_scale": [0.6, 0.6, 1.0]},
-    "no_aug": {"crop_flip_prob": 0.0, "crop_rot90_prob": 0.0, "crop_shift_intensity_prob": 0.0},
-    "lr_3e-4": {"learning_rate": 3e-4},
-    "lr_1e-4": {"learning_rate": 1e-4},
-    "warmup_40": {"warmup_steps": 40},
+    "quick_start": {},
+    "crop_augmentation": CROP_AUGMENTATION,
+    "crops_4": {"num_crops": 4},
+    "crops_4_steps_80": {"num_crops": 4, "max_steps": 80},
+    "crops_4_steps_240": {"num_crops": 4, "max_steps": 240},
+    "crops_16": {"num_crops": 16},
+    "earlier_demo": EARLIER_DEMO,
+    "earlier_demo_lr_1e-4": {**EARLIER_DEMO, "learning_rate": 1e-4},
+    "earlier_demo_lr_3e-4": {**EARLIER_DEMO, "learning_rate": 3e-4},
+    "earlier_demo_region_jitter": {**EARLIER_DEMO, "region_min_scale": [0.6, 0.6, 1.0]},
+    "earlier_demo_lr_1e-4_steps_360": {
+        **EARLIER_DEMO,
+        "learning_rate": 1e-4,
+        "max_steps": 360,
+        "val_every_steps": 60,
+        "checkpoint_interval": 60,
+    },
+    "earlier_demo_batch_1_steps_240": {**EARLIER_DEMO, "batch_size": 1, "max_steps": 240},
     "roi_64": {"roi_size": [64, 64, 64], "region_size": [256, 256, 64]},
+    "warmup_40": {"warmup_steps": 40},
     "batch_4": {"batch_size": 4},
-    "crops_8": {"num_crops": 8},
-    "steps_360": {"max_steps": 360, "checkpoint_interval": 60, "val_every_steps": 60},
     "projector_eval_bn": {"projector_batch_stats": False},
 }
 """Named override sets against the CPU demo (``cpu_demo.json``)."""
 SPLITS = {"validation": "metrics.json", "training": "metrics_training.json"}
 REPORTED = ("position_top1", "position_auc", "position_mae")
+TOP1, AUC = "val_position_top1", "val_position_auc"
+DEMO_VAL_EVERY_STEPS = json.loads((CONFIGS / "cpu_demo.json").read_text())["val_every_steps"]
 
 
 def _config_files(*names: str) -> str:
@@ -90,16 +110,47 @@ def table(out: Path) -> str:
     return "\n".join(lines)
 
 
+def curves(out: Path) -> str:
+    """Markdown table: the held-out top-1 and AUC at every validation (TensorBoard), for every run that wrote any.
+
+    Step 0 is the initialisation (from ``metrics.json`` when the run finished); a stopped run lists what it
+    reached.
+    """
+    lines = ["| run | validated at steps | held-out top-1 | held-out AUC |", "|---|---|---|---|"]
+    for name, settings in RUNS.items():
+        events = out / name / "tensorboard"
+        if not events.is_dir():
+            continue
+        scalars = read_scalars(events)
+        if TOP1 not in scalars:
+            continue
+        every = settings.get("val_every_steps", DEMO_VAL_EVERY_STEPS)
+        epochs, top1 = scalars[TOP1]
+        auc = scalars[AUC][1] if AUC in scalars else []
+        steps, top1_cells, auc_cells = [str(int(e) * every) for e in epochs], [f"{v:.3f}" for v in top1], []
+        auc_cells = [f"{v:.3f}" for v in auc]
+        held = out / name / "eval" / SPLITS["validation"]
+        if held.is_file():
+            init = json.loads(held.read_text())
+            steps, top1_cells = ["0", *steps], [f"{init['init_position_top1']:.3f}", *top1_cells]
+            auc_cells = [f"{init['init_position_auc']:.3f}", *auc_cells]
+        lines.append(f"| {name} | {', '.join(steps)} | {', '.join(top1_cells)} | {', '.join(auc_cells)} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--runs", nargs="*", default=[], choices=sorted(RUNS), help="runs to train and evaluate")
     parser.add_argument("--table", action="store_true", help="print the table of the finished runs")
+    parser.add_argument("--curves", action="store_true", help="print every run's held-out validations")
     args = parser.parse_args()
     for name in args.runs:
         run(name, args.out)
     if args.table:
         print(table(args.out))
+    if args.curves:
+        print(curves(args.out))
 
 
 if __name__ == "__main__":

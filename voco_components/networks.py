@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -105,6 +106,12 @@ class SwinEncoder(nn.Module):
 
     def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
         """(N, in_channels, D, H, W) -> the feature maps that are pooled: one, or five when ``multiscale``."""
+        if self.multiscale and self.training and math.prod(s // 32 for s in x.shape[2:]) < 2:
+            raise ValueError(
+                f"the multiscale embedding (the official variant) cannot train on crops of {tuple(x.shape[2:])}: its "
+                "deepest block instance-normalises the 1/32-scale map, which must hold more than one voxel. "
+                "Use a roi_size of 64 on at least one axis, or the paper variant."
+            )
         hidden = self.swinViT(x, self.normalize)
         if not self.multiscale:
             return [hidden[4]]
