@@ -207,7 +207,8 @@ def test_zip_layout_exclusions_and_large_files(tmp_path):
         assert entry["url"] == f"https://example.org/w/{file_name}"
         assert entry["hash_val"] == sha256(bundle / entry["path"]) and entry["hash_type"] == "sha256"
         assert (result.files_dir / file_name).read_bytes() == (bundle / entry["path"]).read_bytes()
-    assert result.files_dir == tmp_path / "dist" / "voco_pretrain_v0.1.0_files"
+    version = json.loads((bundle / "configs" / "metadata.json").read_text())["version"]
+    assert result.files_dir == tmp_path / "dist" / f"voco_pretrain_v{version}_files"
     assert sorted(p.name for p in result.files_dir.iterdir()) == ["atlas.bin", "model.pt"]
 
     # reproducible: another copy with other timestamps gives the same bytes

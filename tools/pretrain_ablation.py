@@ -91,6 +91,17 @@ def run(name: str, out: Path) -> None:
     print(f"{name}: trained in {seconds:.0f} s")
 
 
+def describe(settings: dict) -> str:
+    """The overrides of a run, with the earlier demo's and the crop augmentation's settings named, not listed."""
+    parts, rest = [], dict(settings)
+    for label, group in (("the earlier demo", EARLIER_DEMO), ("crop augmentation", CROP_AUGMENTATION)):
+        if all(rest.get(key) == value for key, value in group.items()):
+            parts.append(label)
+            rest = {key: value for key, value in rest.items() if key not in group}
+    parts += [f"`{key}={json.dumps(value)}`" for key, value in rest.items()]
+    return ", ".join(parts) or "(cpu_demo.json)"
+
+
 def table(out: Path) -> str:
     """Markdown table: held-out and training-volume metrics at initialisation -> after training, per run."""
     columns = ["run", "overrides", "held-out top-1", "held-out AUC", "held-out \\|l − y\\|", "training top-1"]
@@ -104,7 +115,7 @@ def table(out: Path) -> str:
         def change(metrics: dict, key: str) -> str:
             return f"{metrics['init_' + key]:.3f} → {metrics[key]:.3f}"
 
-        overrides = ", ".join(f"`{k}={json.dumps(v)}`" for k, v in settings.items()) or "(cpu_demo.json)"
+        overrides = describe(settings)
         cells = [change(held, key) for key in REPORTED] + [change(seen, key) for key in REPORTED[:2]]
         lines.append(f"| {name} | {overrides} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
