@@ -66,7 +66,9 @@ def _config_files(*names: str) -> str:
 
 
 def _overrides(settings: dict) -> list[str]:
-    return [f"--{key}={json.dumps(value).replace(' ', '')}" for key, value in settings.items()]
+    """``--key=value`` with Python literals: ``monai.bundle``'s command line (fire) reads ``False`` as a bool but
+    ``false`` as the (truthy) string 'false'."""
+    return [f"--{key}={value!r}".replace(" ", "") for key, value in settings.items()]
 
 
 def run(name: str, out: Path) -> None:
