@@ -100,7 +100,7 @@ def describe(settings: dict) -> str:
         if all(rest.get(key) == value for key, value in group.items()):
             parts.append(label)
             rest = {key: value for key, value in rest.items() if key not in group}
-    parts += [f"`{key}={json.dumps(value)}`" for key, value in rest.items()]
+    parts += [f"`{key}={value!r}`" for key, value in rest.items()]
     return ", ".join(parts) or "(cpu_demo.json)"
 
 
