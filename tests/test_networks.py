@@ -337,3 +337,11 @@ def test_multiscale_training_on_too_small_crops_names_the_limit():
     with pytest.raises(ValueError, match="roi_size of 64"):
         encoder(torch.zeros(2, 1, 32, 32, 32))
     assert encoder(torch.zeros(2, 1, 64, 32, 32)).shape == (2, 24 * FS)
+
+
+@pytest.mark.parametrize("value", ["false", "False", 0, None])
+def test_projection_head_refuses_a_batch_stats_that_is_not_a_bool(value):
+    """The bundle command line turns ``--projector_batch_stats false`` into the truthy string 'false': refused
+    with the spelling that works, instead of silently keeping batch statistics."""
+    with pytest.raises(TypeError, match="projector_batch_stats False"):
+        ProjectionHead(in_dim=10, hidden_dim=7, out_dim=5, batch_stats=value)
