@@ -140,8 +140,8 @@ def curves(out: Path) -> str:
         every = settings.get("val_every_steps", DEMO_VAL_EVERY_STEPS)
         epochs, top1 = scalars[TOP1]
         auc = scalars[AUC][1] if AUC in scalars else []
-        steps, top1_cells, auc_cells = [str(int(e) * every) for e in epochs], [f"{v:.3f}" for v in top1], []
-        auc_cells = [f"{v:.3f}" for v in auc]
+        steps = [str(int(e) * every) for e in epochs]
+        top1_cells, auc_cells = [f"{v:.3f}" for v in top1], [f"{v:.3f}" for v in auc]
         held = out / name / "eval" / SPLITS["validation"]
         if held.is_file():
             init = json.loads(held.read_text())

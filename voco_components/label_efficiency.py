@@ -455,8 +455,8 @@ def run_bundle_probe(
     """Train with ``configs/label_efficiency/<probe>.json`` for ``steps`` steps, then evaluate on the test set.
 
     The bundle validates nowhere during training (the overlays set ``val_interval`` past the last epoch and
-    ``validate_last_epoch`` false), so
-    the test set is seen once, by the final model; the preprocessed volumes are shared through ``cache_dir``.
+    ``validate_last_epoch`` false), so the test set is seen once, by the final model; the preprocessed
+    volumes are shared through ``cache_dir``.
     """
     datalist = folder / "datalist.json"
     atomic_save_text(

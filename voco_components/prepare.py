@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.data.utils import affine_to_spacing
 from tqdm import tqdm
 
 from voco_components.datasets import volume_error_in
@@ -122,8 +123,9 @@ def prepare_volume(entry: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _spacing(affine: Any) -> list[float]:
-    """Voxel size in mm from a (4, 4) affine: the lengths of its first three columns."""
-    return [round(float(s), 6) for s in np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)]
+    """Voxel size in mm from a (4, 4) affine (MONAI's ``affine_to_spacing``, zero columns kept as 0), rounded."""
+    spacing = affine_to_spacing(np.asarray(affine, dtype=np.float64), r=3, dtype=np.float64, suppress_zeros=False)
+    return [round(float(s), 6) for s in spacing]
 
 
 class Preparer:
