@@ -9,7 +9,7 @@ Run from the repository root::
 Paper-size settings throughout: spacing 1.5 mm, HU window [-175, 250], the 384×384×64 region stored at
 its 256×256×64 sampling grid (grid 4×4×1, roi 64), VoCo crops with k = 4 and the training augmentation.
 Sources: ``--volumes`` synthetic CT-like int16 volumes (body, lungs, bones, vessels, 15 HU noise,
-``--shape`` voxels at 0.8×0.8×2.5 mm) and the two embedded real CTs (``voco_components.data.DEMO_DIR``).
+``--shape`` voxels at 0.8×0.8×2.5 mm) and the two embedded real CTs (``voco_components.apps.demo.DEMO_DIR``).
 
 1. ``bytes``: one volume's cache file. Today: the ``PersistentDataset`` torch file of the float32
    volume (what ``cache_dir`` holds in lazy mode). Ours: the prepared cache's file (uint8 and float16).
@@ -52,13 +52,13 @@ from monai.data.utils import pickle_hashing
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from voco_components.data import DEMO_DIR  # noqa: E402
-from voco_components.datasets import PreparedVolumes, hash_entry_and_files  # noqa: E402
-from voco_components.engine import VoCoPrepareBatch  # noqa: E402
-from voco_components.pipelines import ct_preprocessing  # noqa: E402
-from voco_components.prepare import Preparer  # noqa: E402
-from voco_components.transforms import VoCoCropd  # noqa: E402
-from voco_components.volume_cache import VolumeCache, entry_text, load_manifest, read_volume  # noqa: E402
+from voco_components.apps.demo import DEMO_DIR  # noqa: E402
+from voco_components.data.dataset import PreparedVolumes, hash_entry_and_files  # noqa: E402
+from voco_components.data.prepare import Preparer  # noqa: E402
+from voco_components.data.volume_cache import VolumeCache, entry_text, load_manifest, read_volume  # noqa: E402
+from voco_components.engines.workflow import VoCoPrepareBatch  # noqa: E402
+from voco_components.transforms.crops import VoCoCropd  # noqa: E402
+from voco_components.transforms.pipelines import ct_preprocessing  # noqa: E402
 
 SETTINGS = {
     "spacing": [1.5, 1.5, 1.5],

@@ -67,9 +67,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # `python benchmarks/bench_crops.py` without installing the package
     sys.path.insert(0, str(REPO_ROOT))
 
-from voco_components.labels import position_labels  # noqa: E402
-from voco_components.losses import LOG_EPS, VoCoLoss  # noqa: E402
-from voco_components.transforms import VoCoCropd  # noqa: E402
+from voco_components.losses.voco import LOG_EPS, VoCoLoss  # noqa: E402
+from voco_components.transforms.crops import VoCoCropd  # noqa: E402
+from voco_components.transforms.labels import position_labels  # noqa: E402
 
 TARGETS = {"raw": 2.0, "cached": 10.0, "loss": 10.0}
 TITLES = {

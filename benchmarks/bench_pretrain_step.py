@@ -6,7 +6,7 @@ Two measurements, each side of a comparison run by this one script:
   2048-d projector, the paper's VoCoLoss) on ``--volumes`` × (16 + 4) crops of 64³, with
   ``use_checkpoint`` False and True. Each side runs in a fresh subprocess so that its peak resident
   memory (CPU) or peak allocated memory (CUDA) is its own.
-* ``--mode attention``: MONAI's window attention against the SDPA one (``voco_components.attention``), and
+* ``--mode attention``: MONAI's window attention against the SDPA one (``voco_components.networks.attention``), and
   SDPA under bfloat16 autocast, in one process on one network (the attention is switched in place between
   steps, sides interleaved, so that both see the same machine load): median step time per side.
   ``--size demo`` is the CPU demo's network (feature_size 12, window 4, 2 × 20 crops of 32³),
@@ -45,9 +45,10 @@ def _peak_memory_mib(device: torch.device) -> float:
 
 def one_step(volumes: int, checkpointing: bool, repeats: int, device: torch.device) -> dict:
     """Time ``repeats`` optimiser steps (after one warm-up) of the paper-size network."""
-    from voco_components.labels import position_labels
-    from voco_components.losses import VoCoLoss
-    from voco_components.networks import SwinEncoder, VoCoNet
+    from voco_components.losses.voco import VoCoLoss
+    from voco_components.networks.encoders import SwinEncoder
+    from voco_components.networks.voco_net import VoCoNet
+    from voco_components.transforms.labels import position_labels
 
     torch.manual_seed(0)
     net = VoCoNet(SwinEncoder(feature_size=48, use_checkpoint=checkpointing)).to(device)
@@ -90,9 +91,10 @@ def attention_comparison(size: str, volumes: int, repeats: int, sides: list[str]
     import statistics
     from contextlib import nullcontext
 
-    from voco_components.attention import set_window_attention
-    from voco_components.losses import VoCoLoss
-    from voco_components.networks import SwinEncoder, VoCoNet
+    from voco_components.losses.voco import VoCoLoss
+    from voco_components.networks.attention import set_window_attention
+    from voco_components.networks.encoders import SwinEncoder
+    from voco_components.networks.voco_net import VoCoNet
 
     feature_size, window, roi, projector = ATTENTION_SIZES[size]
     torch.manual_seed(0)

@@ -128,7 +128,7 @@ def versions(device: torch.device) -> dict:
 
 
 def _encoder(size: Size, attention: str, checkpointing: bool, depths: Sequence[int] = (2, 2, 2, 2)):
-    from voco_components.networks import SwinEncoder
+    from voco_components.networks.encoders import SwinEncoder
 
     return SwinEncoder(
         feature_size=size.feature_size,
@@ -159,7 +159,7 @@ def parity(size: Size, device: torch.device) -> dict:
     """Hidden states and gradients of SDPA vs MONAI attention (float32 reference), per dtype and backend."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from voco_components.attention import set_window_attention
+    from voco_components.networks.attention import set_window_attention
 
     torch.manual_seed(0)
     encoder = _encoder(size, "monai", False).to(device)
@@ -225,9 +225,9 @@ def _step_inputs(size: Size, device: torch.device) -> tuple[torch.Tensor, torch.
 
 def pretrain_steps(size: Size, recipe: Recipe, device: torch.device, seconds: float) -> dict:
     """Warm-up, then timed optimiser steps of one recipe within ``seconds``."""
-    from voco_components.losses import VoCoLoss
-    from voco_components.networks import VoCoNet
-    from voco_components.speed import compile_swin
+    from voco_components.engines.speed import compile_swin
+    from voco_components.losses.voco import VoCoLoss
+    from voco_components.networks.voco_net import VoCoNet
 
     start = time.perf_counter()
     torch.manual_seed(0)
@@ -290,7 +290,7 @@ def pretrain_steps(size: Size, recipe: Recipe, device: torch.device, seconds: fl
 
 def worker_crops_per_s(size: Size, seconds: float) -> dict:
     """Crops per second one data worker cuts from a cached sampling grid (VoCoCropd, as the bundle)."""
-    from voco_components.transforms import VoCoCropd
+    from voco_components.transforms.crops import VoCoCropd
 
     torch.set_num_threads(1)  # a DataLoader worker runs with one thread
     region = (size.grid[0] * 3 // 2, size.grid[1] * 3 // 2, size.grid[2])

@@ -138,8 +138,8 @@ CPU_OVERRIDES = {
     "voco_btcv_seg": {
         "feature_size": 12,
         "pretrained": None,
-        "dataset_dir": "$str(voco_components.data.DEMO_DIR)",
-        "datalist": "$str(voco_components.data.DEMO_ORGANS_DATALIST)",
+        "dataset_dir": "$str(voco_components.apps.demo.DEMO_DIR)",
+        "datalist": "$str(voco_components.apps.demo.DEMO_ORGANS_DATALIST)",
     },
 }
 

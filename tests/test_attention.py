@@ -1,4 +1,5 @@
-"""Tests of voco_components.attention: the SDPA window attention computes MONAI's function with MONAI's tensors."""
+"""Tests of voco_components.networks.attention: the SDPA window attention computes MONAI's function with MONAI's
+tensors."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import torch
 from monai.networks.nets import SwinUNETR
 from monai.networks.nets.swin_unetr import BasicLayer, WindowAttention, compute_mask
 
-from voco_components.attention import (
+from voco_components.networks.attention import (
     MaskCachingBasicLayer,
     SDPAWindowAttention,
     set_window_attention,
@@ -15,7 +16,7 @@ from voco_components.attention import (
     swin_unetr,
     window_attention,
 )
-from voco_components.networks import SwinEncoder
+from voco_components.networks.encoders import SwinEncoder
 
 
 def _randn(*shape: int, seed: int = 0) -> torch.Tensor:
@@ -156,8 +157,8 @@ def test_mask_cache_returns_the_mask_of_each_new_shape():
 
 
 def test_bf16_autocast_gives_finite_losses():
-    from voco_components.engine import VoCoCriterion
-    from voco_components.networks import VoCoNet
+    from voco_components.engines.workflow import VoCoCriterion
+    from voco_components.networks.voco_net import VoCoNet
 
     torch.manual_seed(0)
     net = VoCoNet(SwinEncoder(feature_size=12, window_size=4), hidden_dim=32, out_dim=16)

@@ -15,8 +15,10 @@ from ignite.engine import Engine, Events
 from monai.bundle import ConfigWorkflow
 
 from conftest import BUNDLES, assert_resumes_exactly, bundle_workflow, record_losses, run_bundle_cli, write_ct
-from voco_components.data import DEMO_DIR, DEMO_ORGANS_DATALIST, VolumeError
-from voco_components.segmentation import DiceTableWriter, PerClassDice
+from voco_components.apps.demo import DEMO_DIR, DEMO_ORGANS_DATALIST
+from voco_components.handlers.dice_table import DiceTableWriter
+from voco_components.metrics.dice import PerClassDice
+from voco_components.utils import VolumeError
 
 BUNDLE = BUNDLES / "voco_btcv_seg"
 CONFIGS = BUNDLE / "configs"

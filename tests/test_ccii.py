@@ -1,4 +1,4 @@
-"""Tests of voco_components.ccii: CC-CCII slice folders to NIfTI volumes and a patient-wise k-fold datalist.
+"""Tests of voco_components.apps.ccii: CC-CCII slice folders to NIfTI volumes and a patient-wise k-fold datalist.
 
 A fake release is written with PIL. Each gray pixel encodes its position, ``value = 48 * z + 8 * row + col``
 for slices of 8 x 6 pixels (width x height) and z the slice's rank in numeric name order, so the expected
@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from voco_components.ccii import CLASS_NAMES, convert_dataset, convert_scan, find_scans, fold_split
+from voco_components.apps.ccii import CLASS_NAMES, convert_dataset, convert_scan, find_scans
+from voco_components.data.folds import fold_split
 
 REPO = Path(__file__).resolve().parents[1]
 WIDTH, HEIGHT = 8, 6
@@ -225,7 +226,7 @@ def test_failed_write_leaves_no_partial_volume(release, tmp_path, monkeypatch):
     def broken_fsync(fd):
         raise OSError("disk full")
 
-    monkeypatch.setattr("voco_components.checkpoint.os.fsync", broken_fsync)
+    monkeypatch.setattr("voco_components.utils.os.fsync", broken_fsync)
     with pytest.raises(OSError, match="disk full"):
         convert_scan(scan, target)
     assert target.read_bytes() == b"previous complete volume"
@@ -395,7 +396,17 @@ def test_skip_existing_keeps_volumes_and_overwrite_replaces_them(release, tmp_pa
 
 def test_command_line(release, converted, tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "voco_components.ccii", str(release), str(tmp_path), "--num_folds", "3", "--seed", "0"],
+        [
+            sys.executable,
+            "-m",
+            "voco_components.apps.ccii",
+            str(release),
+            str(tmp_path),
+            "--num_folds",
+            "3",
+            "--seed",
+            "0",
+        ],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -413,7 +424,7 @@ def test_command_line(release, converted, tmp_path):
     assert rows["all"][-2:] == ["13", "(10)"]
 
     bad = subprocess.run(
-        [sys.executable, "-m", "voco_components.ccii", str(tmp_path / "nowhere"), str(tmp_path / "out")],
+        [sys.executable, "-m", "voco_components.apps.ccii", str(tmp_path / "nowhere"), str(tmp_path / "out")],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -1,4 +1,5 @@
-"""Tests of voco_components.checkpoint: atomic writes, RNG snapshots, step checkpoints, resume and the best model.
+"""Tests of the atomic writes (voco_components.utils), RNG snapshots, step checkpoints, resume and the best model
+(voco_components.engines.checkpoint_state, voco_components.handlers.checkpoint).
 
 Expected values come from the tests themselves: copies of the weights taken inside tiny Ignite runs, an
 uninterrupted reference run that a killed-and-resumed run must reproduce bit for bit, and numbers drawn right
@@ -18,17 +19,10 @@ import pytest
 import torch
 from ignite.engine import Engine, Events
 
-import voco_components.checkpoint as ckpt
-from voco_components.checkpoint import (
-    BestMetricSaver,
-    ResumeHandler,
-    RNGState,
-    StepCheckpointSaver,
-    atomic_save,
-    atomic_save_text,
-    checkpoint_steps,
-    latest_checkpoint,
-)
+import voco_components.handlers.checkpoint as ckpt
+from voco_components.engines.checkpoint_state import RNGState, checkpoint_steps, latest_checkpoint
+from voco_components.handlers.checkpoint import BestMetricSaver, ResumeHandler, StepCheckpointSaver
+from voco_components.utils import atomic_save, atomic_save_text
 
 
 def leftover_temporaries(folder):
@@ -366,12 +360,14 @@ def test_resume_disabled_starts_from_scratch(tmp_path):
 
 
 def test_resume_from_an_empty_folder_warns_and_starts_from_scratch(tmp_path, caplog):
-    with caplog.at_level(logging.WARNING, logger="voco_components.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="voco_components.handlers.checkpoint"):
         model, fresh, seen, sampler = resumed_run(tmp_path / "empty", max_epochs=1)
     assert seen["iterations"] == [1, 2]
     assert_same_state(seen["start"], fresh)
     assert sampler.calls == [0]
-    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and r.name == "voco_components.checkpoint"]
+    warnings = [
+        r for r in caplog.records if r.levelno == logging.WARNING and r.name == "voco_components.handlers.checkpoint"
+    ]
     assert len(warnings) == 1 and "no checkpoint" in warnings[0].getMessage()
 
 

@@ -14,10 +14,12 @@ import torch
 from monai.bundle import ConfigWorkflow
 
 from conftest import BUNDLES, assert_resumes_exactly, bundle_workflow, first_in_chain, run_bundle_cli, write_ct
-from voco_components import demo_covid
-from voco_components.ccii import CLASS_NAMES, fold_split
-from voco_components.classification import confusion_matrix, load_classification_datalist, one_vs_rest_auc
-from voco_components.data import VolumeError
+from voco_components.apps import demo_covid
+from voco_components.apps.ccii import CLASS_NAMES
+from voco_components.data.classification_datalist import load_classification_datalist
+from voco_components.data.folds import fold_split
+from voco_components.metrics.classification import confusion_matrix, one_vs_rest_auc
+from voco_components.utils import VolumeError
 
 BUNDLE = BUNDLES / "voco_covid_cls"
 CONFIGS = BUNDLE / "configs"

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from voco_components.data import load_datalists, volume_files, volume_stem
+from voco_components.data.datalists import load_datalists, volume_files
+from voco_components.utils import volume_stem
 
 VOLUMES = ("b.nii.gz", "a.nii", "c.nrrd", "d.mha", "1.3.6.1.4.1.mhd")
 OTHERS = ("1.3.6.1.4.1.raw", "notes.txt", "datalist.json")

@@ -1,4 +1,4 @@
-"""Tests of voco_components.datasets: a step-indexed sample stream and its resumable distributed sampler.
+"""Tests of voco_components.data.dataset: a step-indexed sample stream and its resumable distributed sampler.
 
 The volumes are tiny in-memory ramps whose entry carries its own id (``vid``), so every sample says which
 volume it came from; expectations (volume coverage per pass, substitutions of bad volumes, rank partitions)
@@ -16,10 +16,10 @@ from monai.data import DataLoader, Dataset
 from monai.transforms import MapTransform
 
 from conftest import exception_chain, write_ct
-from voco_components.data import VolumeError
-from voco_components.datasets import ResumableDistributedSampler, VoCoStepDataset, sample_seed
-from voco_components.pipelines import ct_preprocessing
-from voco_components.transforms import VoCoCropd
+from voco_components.data.dataset import ResumableDistributedSampler, VoCoStepDataset, sample_seed
+from voco_components.transforms.crops import VoCoCropd
+from voco_components.transforms.pipelines import ct_preprocessing
+from voco_components.utils import VolumeError
 
 SHAPE = (1, 16, 16, 8)  # already the sampling grid of CROP below: (2, 2, 1) cells of 8^3
 CROP = {"region_size": (16, 16, 8), "grid": (2, 2, 1), "roi_size": (8, 8, 8), "num_crops": 2}
@@ -189,7 +189,7 @@ def expected_volume(order, position, bad):
 def test_skip_substitutes_the_next_volume_of_the_pass(caplog):
     dataset = make_dataset(data=datalist(bad={2: "volume"}), on_bad_volume="skip")
     substitutions = 0
-    with caplog.at_level(logging.WARNING, logger="voco_components.datasets"):
+    with caplog.at_level(logging.WARNING, logger="voco_components.data.dataset"):
         for i in range(len(dataset)):
             order = dataset.pass_order(i)
             position = i % N_VOLUMES
@@ -200,7 +200,7 @@ def test_skip_substitutes_the_next_volume_of_the_pass(caplog):
                 assert vid == order[(position + 1) % N_VOLUMES]
     assert substitutions == 4  # once per pass
     assert dataset.bad_volumes == {2}
-    warnings = [r.getMessage() for r in caplog.records if r.name == "voco_components.datasets"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "voco_components.data.dataset"]
     assert len(warnings) == 1 and "volume_2.nii.gz" in warnings[0]
 
 
@@ -354,7 +354,7 @@ def test_cache_key_follows_the_files_not_only_their_paths(tmp_path):
     """A label replaced under the same path gets a new cache key; an unchanged entry keeps its key."""
     import os
 
-    from voco_components.datasets import hash_entry_and_files
+    from voco_components.data.dataset import hash_entry_and_files
 
     image, label = tmp_path / "a.nii.gz", tmp_path / "a_label.nii.gz"
     image.write_bytes(b"image")

@@ -1,5 +1,6 @@
-"""Tests of the Ignite/MONAI glue (voco_components.engine), the position metrics (voco_components.metrics) and the
-variant switch (voco_components.variants), including real SupervisedTrainer / SupervisedEvaluator runs."""
+"""Tests of the Ignite/MONAI glue (voco_components.engines.workflow), the position metrics
+(voco_components.metrics.position) and the variant switch (voco_components.variants), including real
+SupervisedTrainer / SupervisedEvaluator runs."""
 
 from __future__ import annotations
 
@@ -17,17 +18,12 @@ from monai.handlers import ValidationHandler
 from monai.utils import CommonKeys
 from torch import nn
 
-from voco_components.engine import (
-    EMATeacherHandler,
-    LastStepHandler,
-    LossTermsHandler,
-    VoCoCriterion,
-    VoCoPrepareBatch,
-    epochs_for,
-    split_crop_features,
-)
-from voco_components.losses import OfficialVoCoLoss, VoCoLoss
-from voco_components.metrics import (
+from voco_components.engines.workflow import VoCoCriterion, VoCoPrepareBatch, epochs_for, split_crop_features
+from voco_components.handlers.ema_teacher import EMATeacherHandler
+from voco_components.handlers.last_step import LastStepHandler
+from voco_components.handlers.loss_terms import LossTermsHandler
+from voco_components.losses.voco import OfficialVoCoLoss, VoCoLoss
+from voco_components.metrics.position import (
     BaseEffectiveRank,
     ChanceTop1,
     PositionAUC,
@@ -38,8 +34,9 @@ from voco_components.metrics import (
     position_auc,
     top1_hits,
 )
-from voco_components.networks import SwinEncoder, UNetEncoder, VoCoNet, VoCoTeacherStudent
-from voco_components.transforms import VoCoCropd
+from voco_components.networks.encoders import SwinEncoder, UNetEncoder
+from voco_components.networks.voco_net import VoCoNet, VoCoTeacherStudent
+from voco_components.transforms.crops import VoCoCropd
 from voco_components.variants import VARIANTS, get_variant, training_network
 
 DT = torch.float64

@@ -1,5 +1,5 @@
-"""Tests of the encoder export (voco_components.export) and the checkpoint key mapping of the evaluation
-(voco_components.weights.normalise_state_dict on training states), on hand-written state dicts."""
+"""Tests of the encoder export (voco_components.engines.export) and the checkpoint key mapping of the evaluation
+(voco_components.networks.weights.normalise_state_dict on training states), on hand-written state dicts."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from conftest import REPO
-from voco_components.export import encoder_state, export_encoder, main
-from voco_components.weights import normalise_state_dict
+from voco_components.engines.export import encoder_state, export_encoder, main
+from voco_components.networks.weights import normalise_state_dict
 
 
 def t(value, n=2):
@@ -122,7 +122,7 @@ def test_main_accepts_a_bare_network_state(tmp_path):
 
 def run_cli(*args):
     return subprocess.run(
-        [sys.executable, "-m", "voco_components.export", *map(str, args)],
+        [sys.executable, "-m", "voco_components.engines.export", *map(str, args)],
         cwd=REPO,
         capture_output=True,
         text=True,

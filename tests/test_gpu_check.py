@@ -12,8 +12,9 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from voco_components.attention import set_window_attention
-from voco_components.networks import SwinEncoder, VoCoNet
+from voco_components.networks.attention import set_window_attention
+from voco_components.networks.encoders import SwinEncoder
+from voco_components.networks.voco_net import VoCoNet
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
 

@@ -19,12 +19,12 @@ from ignite.engine import Events
 from monai.engines import SupervisedTrainer
 
 from conftest import BUNDLES, REPO, bundle_workflow
-from voco_components import demo_covid, label_efficiency
-from voco_components.freezing import freeze
-from voco_components.label_splits import patient_splits, per_class_count, volume_splits
-from voco_components.networks import SwinClassifier, SwinEncoder, SwinLinearProbe
-from voco_components.paired_stats import bootstrap_ci, holm, mean_sd, sign_flip_test
-from voco_components.weights import load_pretrained
+from voco_components.apps import demo_covid, label_efficiency
+from voco_components.evaluation.label_splits import patient_splits, per_class_count, volume_splits
+from voco_components.evaluation.paired_stats import bootstrap_ci, holm, mean_sd, sign_flip_test
+from voco_components.networks.encoders import SwinClassifier, SwinEncoder, SwinLinearProbe
+from voco_components.networks.freezing import freeze
+from voco_components.networks.weights import load_pretrained
 
 TINY_ENCODER = {"feature_size": 12, "window_size": 4}
 
@@ -322,7 +322,7 @@ def test_protocol_errors_name_the_file(tmp_path, small_demo):
 def test_runner_killed_mid_protocol_resumes_without_redoing_finished_runs(tmp_path, small_demo):
     protocol = write_protocol(tmp_path, small_demo, ["frozen"], inits={"scratch": None}, steps={"frozen": 1})
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "voco_components.label_efficiency", "run", "--config", str(protocol)]
+    command = [sys.executable, "-m", "voco_components.apps.label_efficiency", "run", "--config", str(protocol)]
     command += ["--out", str(out)]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     process = subprocess.Popen(command, cwd=REPO, env=env, start_new_session=True, stdout=subprocess.DEVNULL)

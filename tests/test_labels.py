@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from voco_components.labels import base_boxes, position_labels
+from voco_components.transforms.labels import base_boxes, position_labels
 
 # (region_size, grid) pairs: region divisible by grid; small enough to count voxels one by one.
 CONFIGS = [

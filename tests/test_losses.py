@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from voco_components.losses import (
+from voco_components.losses.voco import (
     OfficialVoCoLoss,
     VoCoLoss,
     position_logits,

@@ -30,9 +30,9 @@ import pytest
 import torch
 
 from conftest import BUNDLES, REPO, bundle_workflow
-from voco_components import demo_covid
-from voco_components.checkpoint import checkpoint_steps
-from voco_components.data import DEMO_DIR, DEMO_ORGANS_DATALIST
+from voco_components.apps import demo_covid
+from voco_components.apps.demo import DEMO_DIR, DEMO_ORGANS_DATALIST
+from voco_components.engines.checkpoint_state import checkpoint_steps
 
 pytestmark = [pytest.mark.monailabel, pytest.mark.slow]
 

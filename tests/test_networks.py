@@ -8,14 +8,8 @@ import torch
 from monai.networks.nets import BasicUNet, SwinUNETR
 from torch import nn
 
-from voco_components.networks import (
-    ProjectionHead,
-    SwinClassifier,
-    SwinEncoder,
-    UNetEncoder,
-    VoCoNet,
-    VoCoTeacherStudent,
-)
+from voco_components.networks.encoders import SwinClassifier, SwinEncoder, UNetEncoder
+from voco_components.networks.voco_net import ProjectionHead, VoCoNet, VoCoTeacherStudent
 
 FS = 12  # tiny Swin: feature_size 12, window 4
 UNET_FEATURES = (4, 4, 8, 8, 16, 4)

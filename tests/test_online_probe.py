@@ -14,8 +14,9 @@ from ignite.engine import Engine
 from torch import nn
 
 from conftest import PRETRAIN_TINY, bundle_workflow
-from voco_components.online_probe import PROBE_COUNTS, PROBE_SCORES, OnlineProbeHandler, label_crops, organ_crops
-from voco_components.pipelines import ct_preprocessing
+from voco_components.evaluation.organ_probe import PROBE_COUNTS, PROBE_SCORES, label_crops, organ_crops
+from voco_components.handlers.online_probe import OnlineProbeHandler
+from voco_components.transforms.pipelines import ct_preprocessing
 
 BLOCK = 16  # organ blocks of the synthetic volumes, in voxels at 1.5 mm
 ORGAN_HU = {0: -50.0, 1: 0.0, 2: 100.0, 3: 200.0}  # the organ decides the intensity; 0 = no organ

@@ -1,4 +1,4 @@
-"""Release packaging (`voco_components.package`) and the Model Zoo download path over a loopback HTTP server.
+"""Release packaging (`voco_components.apps.package`) and the Model Zoo download path over a loopback HTTP server.
 
 A temporary copy of each bundle gets ``conftest.cpu_overrides`` written into its configs and the weights of
 the tiny ``network_def`` they define (so that ``monai.bundle.load`` rebuilds the same network), is
@@ -28,7 +28,7 @@ import yaml
 from monai.bundle import ConfigParser, download, download_large_files, load
 
 from conftest import BUNDLE_NAMES, BUNDLES, REPO, cpu_overrides
-from voco_components.package import PackagingError, main, package_bundle
+from voco_components.apps.package import PackagingError, main, package_bundle
 
 PACKAGED = [n for n in BUNDLE_NAMES if (BUNDLES / n / "configs" / "metadata.json").is_file()]
 RUN_OUTPUTS = ("outputs", "eval", "__pycache__", "checkpoints", "cache", "mlruns", "*.pt", "*.ts")
@@ -281,7 +281,7 @@ def test_a_bundle_that_cannot_be_released_is_refused_by_name(tmp_path, case):
 
 def test_the_command_line_reports_a_refusal_without_a_traceback(tmp_path):
     bundle = copy_bundle("voco_pretrain", tmp_path / "src")
-    result = run("-m", "voco_components.package", str(bundle), "--out", str(tmp_path / "dist"))
+    result = run("-m", "voco_components.apps.package", str(bundle), "--out", str(tmp_path / "dist"))
     assert result.returncode == 2
     assert (
         result.stderr.strip()

@@ -25,7 +25,8 @@ from conftest import (
     run_bundle_cli,
     write_ct,
 )
-from voco_components.data import DEMO_DATALIST, DEMO_DIR, VolumeError
+from voco_components.apps.demo import DEMO_DATALIST, DEMO_DIR
+from voco_components.utils import VolumeError
 
 BUNDLE = BUNDLES / "voco_pretrain"
 CONFIGS = BUNDLE / "configs"
@@ -233,7 +234,7 @@ def test_skip_policy_trains_on_the_good_volumes(tmp_path, capsys):
 
 
 def test_datalists_merge_and_resolve_against_dataset_dir(tmp_path):
-    from voco_components.data import load_datalists
+    from voco_components.data.datalists import load_datalists
 
     first, second = tmp_path / "btcv.json", tmp_path / "covid.json"
     first.write_text(json.dumps({"training": [{"image": "imagesTr/a.nii.gz"}, {"image": "/abs/b.nii.gz"}]}))

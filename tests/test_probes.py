@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from voco_components.probes import LogisticRegressionProbe, accuracy, balanced_accuracy, knn_predict
+from voco_components.evaluation.probes import LogisticRegressionProbe, accuracy, balanced_accuracy, knn_predict
 
 
 def _brute_force_knn(train: torch.Tensor, labels: torch.Tensor, query: torch.Tensor, k: int) -> list[int]:

@@ -1,4 +1,4 @@
-"""Tests of voco_components.speed and of the speed ids in the bundle configs."""
+"""Tests of voco_components.engines.speed and of the speed ids in the bundle configs."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
-from voco_components.attention import SDPAWindowAttention
-from voco_components.networks import SwinEncoder, VoCoNet, VoCoTeacherStudent
-from voco_components.speed import GradScalerHandler, autocast_kwargs, compile_swin, fused_adamw
+from voco_components.engines.speed import autocast_kwargs, compile_swin, fused_adamw
+from voco_components.handlers.grad_scaler import GradScalerHandler
+from voco_components.networks.attention import SDPAWindowAttention
+from voco_components.networks.encoders import SwinEncoder
+from voco_components.networks.voco_net import VoCoNet, VoCoTeacherStudent
 
 BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
 

@@ -11,7 +11,7 @@ import torch
 from monai.data import DataLoader, Dataset, MetaTensor
 from monai.transforms import Compose
 
-from voco_components.transforms import VoCoCropd
+from voco_components.transforms.crops import VoCoCropd
 
 # region (96, 96, 32) cut 4x4x1, crops of 16^3: sampling grid (64, 64, 16), 2/3 and 1/2 voxel per region unit
 SMALL = {"region_size": (96, 96, 32), "grid": (4, 4, 1), "roi_size": (16, 16, 16)}

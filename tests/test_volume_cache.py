@@ -16,13 +16,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from conftest import PRETRAIN_TINY, bundle_workflow, run_bundle_cli, write_ct
-from voco_components.data import DEMO_DATALIST, VolumeError
-from voco_components.datasets import PreparedVolumes, ResumableDistributedSampler, VoCoStepDataset
-from voco_components.engine import VoCoPrepareBatch
-from voco_components.pipelines import ct_preprocessing
-from voco_components.prepare import Preparer
-from voco_components.transforms import VoCoCropd
-from voco_components.volume_cache import (
+from voco_components.apps.demo import DEMO_DATALIST
+from voco_components.data.dataset import PreparedVolumes, ResumableDistributedSampler, VoCoStepDataset
+from voco_components.data.prepare import Preparer
+from voco_components.data.volume_cache import (
     CacheMismatchError,
     LoadCachedVolumed,
     VolumeCache,
@@ -34,6 +31,10 @@ from voco_components.volume_cache import (
     read_volume,
     write_volume,
 )
+from voco_components.engines.workflow import VoCoPrepareBatch
+from voco_components.transforms.crops import VoCoCropd
+from voco_components.transforms.pipelines import ct_preprocessing
+from voco_components.utils import VolumeError
 
 SETTINGS = {
     "spacing": [3.0, 3.0, 5.0],
@@ -145,8 +146,8 @@ def test_parts_come_from_a_stable_hash_of_the_entry():
 
 KILL_SCRIPT = """
 import json, os, signal, sys
-from voco_components.prepare import Preparer
-from voco_components.volume_cache import ManifestWriter, VolumeCache
+from voco_components.data.prepare import Preparer
+from voco_components.data.volume_cache import ManifestWriter, VolumeCache
 append, count = ManifestWriter.append, [0]
 def killing_append(self, record):
     count[0] += 1

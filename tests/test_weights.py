@@ -1,4 +1,4 @@
-"""voco_components.weights: checkpoint layouts, renames, channel adaptation and the load report."""
+"""voco_components.networks.weights: checkpoint layouts, renames, channel adaptation and the load report."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 from monai.networks.nets import SwinUNETR
 
-from voco_components.networks import SwinEncoder
-from voco_components.weights import adapt_input_channels, load_pretrained, normalise_state_dict
+from voco_components.networks.encoders import SwinEncoder
+from voco_components.networks.weights import adapt_input_channels, load_pretrained, normalise_state_dict
 
 FS = 12
 

@@ -15,7 +15,7 @@ import torch
 from monai.bundle import ConfigParser, ConfigWorkflow, ckpt_export, verify_metadata, verify_net_in_out
 
 from conftest import BUNDLE_NAMES, BUNDLES, REPO, cpu_overrides
-from voco_components.package import bundle_files
+from voco_components.apps.package import bundle_files
 
 REQUIRED_FILES = (
     "LICENSE",

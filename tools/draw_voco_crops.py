@@ -32,9 +32,9 @@ from matplotlib.colors import to_rgb  # noqa: E402
 from matplotlib.figure import Figure, SubFigure  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
-from voco_components.data import DEMO_DIR  # noqa: E402
-from voco_components.pipelines import ct_preprocessing  # noqa: E402
-from voco_components.transforms import VoCoCropd  # noqa: E402
+from voco_components.apps.demo import DEMO_DIR
+from voco_components.transforms.crops import VoCoCropd
+from voco_components.transforms.pipelines import ct_preprocessing
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "bundles" / "voco_pretrain" / "docs" / "voco_crops.png"

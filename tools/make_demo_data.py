@@ -1,4 +1,4 @@
-"""Rebuild the embedded demo CTs in ``voco_components/demo_data`` from their public sources.
+"""Rebuild the embedded demo CTs in ``voco_components/apps/demo_data`` from their public sources.
 
 Usage: ``python tools/make_demo_data.py --chest-ct ../shared/data/chest_ct --totalseg ../shared/data/totalseg_examples``
 
@@ -26,7 +26,7 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Orientationd, SaveImage, Spacingd
 
-DEST = Path(__file__).resolve().parents[1] / "voco_components" / "demo_data"
+DEST = Path(__file__).resolve().parents[1] / "voco_components" / "apps" / "demo_data"
 CHEST_CASES = ("lung1", "lung2")
 HU_CLIP = (-1024, 1500)
 BTCV_ORGANS = (

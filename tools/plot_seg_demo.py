@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-DEMO = REPO / "voco_components" / "demo_data"
+DEMO = REPO / "voco_components" / "apps" / "demo_data"
 BUNDLE = REPO / "bundles" / "voco_btcv_seg"
 CASE = json.loads((DEMO / "organs_datalist.json").read_text())["validation"][0]
 NAMES = json.loads((DEMO / "organs_datalist.json").read_text())["labels"]

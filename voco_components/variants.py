@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from voco_components.networks import VoCoNet, VoCoTeacherStudent
+from voco_components.networks.voco_net import VoCoNet, VoCoTeacherStudent
 
 __all__ = ["VoCoVariant", "VARIANTS", "get_variant", "training_network"]
 

@@ -1,0 +1,31 @@
+"""Every Ignite handler of the bundles: checkpoints, last step, EMA teacher, loss terms, GradScaler, export,
+online probe, and the Dice, classification and feature writers."""
+
+from .checkpoint import BestMetricSaver, ResumeHandler, StepCheckpointSaver
+from .classification import ClassificationReport, ProbabilityWriter, write_probabilities
+from .dice_table import DiceTableWriter
+from .ema_teacher import EMATeacherHandler
+from .export import EncoderExportHandler, ModelExportHandler
+from .feature_writer import FeatureWriter
+from .grad_scaler import GradScalerHandler
+from .last_step import LastStepHandler
+from .loss_terms import LossTermsHandler
+from .online_probe import OnlineProbeHandler
+
+__all__ = [
+    "BestMetricSaver",
+    "ResumeHandler",
+    "StepCheckpointSaver",
+    "ClassificationReport",
+    "ProbabilityWriter",
+    "write_probabilities",
+    "DiceTableWriter",
+    "EMATeacherHandler",
+    "EncoderExportHandler",
+    "ModelExportHandler",
+    "FeatureWriter",
+    "GradScalerHandler",
+    "LastStepHandler",
+    "LossTermsHandler",
+    "OnlineProbeHandler",
+]

@@ -1,0 +1,47 @@
+"""The feature writer of the pretraining inference workflow: one pooled feature vector per volume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from ignite.engine import Engine, Events
+
+from voco_components.utils import atomic_save, volume_stem
+
+__all__ = [
+    "FeatureWriter",
+]
+
+
+class FeatureWriter:
+    """Inference handler: write each volume's crop features to ``<output_dir>/<stem>_voco.pt``, named after the
+    input file (:func:`voco_components.utils.volume_stem`: ``case_01.nii.gz`` -> ``case_01_voco.pt``).
+
+    Each file holds ``features`` (n + k, C), ``boxes`` (n + k, 3, 2) in region coordinates,
+    ``labels`` (k, n) and ``source`` (the input path). Needs batch size 1 and the input path under
+    ``path_key`` in the batch.
+    """
+
+    def __init__(self, output_dir: str | Path, path_key: str = "source_path", box_key: str = "voco_boxes") -> None:
+        self.output_dir = Path(output_dir)
+        self.path_key = path_key
+        self.box_key = box_key
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        batch = engine.state.batch
+        labels = engine.state.output["label"]
+        if labels.shape[0] != 1:
+            raise ValueError(f"FeatureWriter needs batch size 1, got {labels.shape[0]}.")
+        source = str(batch[self.path_key][0])
+        name = volume_stem(source)
+        record = {
+            "features": engine.state.output["pred"].detach().cpu(),
+            "boxes": torch.as_tensor(batch[self.box_key][0]).cpu(),
+            "labels": labels[0].detach().cpu(),
+            "source": source,
+        }
+        atomic_save(record, self.output_dir / f"{name}_voco.pt")

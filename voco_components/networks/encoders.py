@@ -1,0 +1,254 @@
+"""Encoders with SwinUNETR's key names: the SwinViT encoder with 3D adaptive average pooling, its classifier and
+linear-probe heads, a small U-Net encoder, and the pooled multi-scale features of the probes."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from monai.networks.nets import BasicUNet, SwinUNETR
+from torch import nn
+
+from voco_components.networks.attention import set_window_attention
+from voco_components.networks.freezing import freeze
+
+__all__ = [
+    "pool_and_concat",
+    "probe_features",
+    "SwinEncoder",
+    "SwinClassifier",
+    "SwinLinearProbe",
+    "UNetEncoder",
+]
+
+
+def pool_and_concat(feature_maps: list[torch.Tensor]) -> torch.Tensor:
+    """3D adaptive average pooling of each (N, C_i, D, H, W) map to (N, C_i), concatenated to (N, sum C_i)."""
+    return torch.cat([F.adaptive_avg_pool3d(level, 1).flatten(1) for level in feature_maps], dim=1)
+
+
+def probe_features(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Pooled multi-scale features for probes: (N, in_channels, D, H, W) -> (N, F).
+
+    Every map of ``encoder.probe_feature_maps`` (:class:`SwinEncoder`: the five ``swinViT`` stages;
+    :class:`UNetEncoder`: the five levels) pooled and concatenated by :func:`pool_and_concat`; an encoder
+    without that method gives its own pooled embedding ``encoder(x)``.
+    """
+    maps = getattr(encoder, "probe_feature_maps", None)
+    return pool_and_concat(maps(x)) if maps is not None else encoder(x)
+
+
+class SwinEncoder(nn.Module):
+    """The encoder path of MONAI's ``SwinUNETR``, with ``SwinUNETR``'s parameter names.
+
+    ``state_dict()`` therefore loads into ``SwinUNETR(in_channels, out_channels, feature_size, ...)``
+    unchanged (``swinViT.*``, plus ``encoder1/2/3/4/10.*`` when ``multiscale``).
+
+    Args:
+        in_channels: input channels.
+        feature_size: SwinUNETR's feature size (48 for Swin-B as in the paper).
+        window_size: attention window.
+        depths: blocks per stage.
+        num_heads: attention heads per stage.
+        use_checkpoint: gradient checkpointing inside the Swin blocks.
+        use_v2: SwinUNETR-v2 residual convolution blocks.
+        multiscale: also keep SwinUNETR's ``encoder1/2/3/4/10`` blocks and return their five outputs
+            (the author code's 24·feature_size pooled embedding, 1152-d for 48); otherwise return the
+            last Swin stage only (16·feature_size channels, the CVPR head).
+        attention: ``"sdpa"`` (window attention through ``scaled_dot_product_attention`` with cached
+            shifted-window masks, :mod:`voco_components.attention`) or ``"monai"`` (MONAI's own); the
+            same function, parameters and state dict either way.
+
+    Forward: (N, in_channels, D, H, W), each of D, H, W divisible by 32 -> pooled embedding (N, out_channels):
+    every returned feature map is 3D-adaptive-average-pooled to one vector and the vectors are concatenated.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        feature_size: int = 48,
+        window_size: int | Sequence[int] = 7,
+        depths: Sequence[int] = (2, 2, 2, 2),
+        num_heads: Sequence[int] = (3, 6, 12, 24),
+        use_checkpoint: bool = False,
+        use_v2: bool = False,
+        multiscale: bool = False,
+        attention: str = "sdpa",
+    ) -> None:
+        super().__init__()
+        full = SwinUNETR(
+            in_channels=in_channels,
+            out_channels=1,
+            feature_size=feature_size,
+            window_size=window_size,
+            depths=depths,
+            num_heads=num_heads,
+            use_checkpoint=use_checkpoint,
+            use_v2=use_v2,
+            spatial_dims=3,
+        )
+        set_window_attention(full, attention)
+        self.normalize = full.normalize
+        self.swinViT = full.swinViT  # noqa: N815 (SwinUNETR's attribute name)
+        self.multiscale = multiscale
+        if multiscale:
+            self.encoder1, self.encoder2, self.encoder3 = full.encoder1, full.encoder2, full.encoder3
+            self.encoder4, self.encoder10 = full.encoder4, full.encoder10
+            self.out_channels = 24 * feature_size
+        else:
+            self.out_channels = 16 * feature_size
+
+    def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """(N, in_channels, D, H, W) -> the feature maps that are pooled: one, or five when ``multiscale``."""
+        if self.multiscale and self.training and math.prod(s // 32 for s in x.shape[2:]) < 2:
+            raise ValueError(
+                f"the multiscale embedding (the official variant) cannot train on crops of {tuple(x.shape[2:])}: its "
+                "deepest block instance-normalises the 1/32-scale map, which must hold more than one voxel. "
+                "Use a roi_size of 64 on at least one axis, or the paper variant."
+            )
+        hidden = self.swinViT(x, self.normalize)
+        if not self.multiscale:
+            return [hidden[4]]
+        return [
+            self.encoder1(x),
+            self.encoder2(hidden[0]),
+            self.encoder3(hidden[1]),
+            self.encoder4(hidden[2]),
+            self.encoder10(hidden[4]),
+        ]
+
+    def probe_feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """(N, in_channels, D, H, W) -> the five ``swinViT`` hidden states, from the patch embedding to the deepest."""
+        return list(self.swinViT(x, self.normalize))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return pool_and_concat(self.feature_maps(x))
+
+
+class SwinClassifier(SwinEncoder):
+    """A volume classifier: SwinUNETR's encoder, 3D global average pooling, dropout and a linear head.
+
+    The encoder tensors keep SwinUNETR's names (``swinViT.*``), so a VoCo export or a SwinUNETR
+    self-supervised checkpoint loads into it with :func:`voco_components.networks.weights.load_pretrained`;
+    the head adds ``head.weight`` (num_classes, out_channels) and ``head.bias`` (num_classes,).
+
+    The head starts at zero, so the first logits are equal for every input and the first gradients
+    move the head towards features that separate the classes. A randomly initialised head instead
+    starts with logits that vary from volume to volume independently of the labels, and the quickest
+    way for the optimiser to reduce the loss is then to make the pooled (layer-normalised) features
+    constant: fine-tuning collapsed to predicting the class prior within a few steps.
+
+    Args:
+        num_classes: number of classes.
+        in_channels: input channels.
+        feature_size: SwinUNETR's feature size (48 for Swin-B as in the paper).
+        window_size: attention window.
+        dropout: dropout probability on the pooled embedding before the head.
+        encoder_kwargs: other :class:`SwinEncoder` arguments (``depths``, ``num_heads``,
+            ``use_checkpoint``, ``use_v2``, ``multiscale``, ``attention``).
+
+    Forward: (N, in_channels, D, H, W), each of D, H, W divisible by 32 -> logits (N, num_classes).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int = 1,
+        feature_size: int = 48,
+        window_size: int | Sequence[int] = 7,
+        dropout: float = 0.0,
+        **encoder_kwargs: Any,
+    ) -> None:
+        super().__init__(in_channels=in_channels, feature_size=feature_size, window_size=window_size, **encoder_kwargs)
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(self.out_channels, num_classes)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dropout(super().forward(x)))
+
+
+class SwinLinearProbe(SwinEncoder):
+    """A linear segmentation probe on a frozen SwinUNETR encoder.
+
+    Each of the five hidden states of ``swinViT`` (feature_size, 2, 4, 8 and 16 × feature_size channels at
+    1/2 ... 1/32 of the input size) goes through its own 1×1×1 convolution to ``out_channels`` logits, is
+    upsampled trilinearly to the input size, and the five maps are added. Because a 1×1×1 convolution and
+    trilinear interpolation are both linear, this equals one 1×1×1 convolution of the concatenated
+    upsampled hidden states, without holding 31·feature_size channels at full resolution.
+
+    The encoder is frozen (:func:`voco_components.networks.freezing.freeze`) and keeps SwinUNETR's names
+    (``swinViT.*``), so :func:`voco_components.networks.weights.load_pretrained` loads a VoCo export into it; the
+    heads are ``heads.0`` ... ``heads.4``.
+
+    Args:
+        in_channels: input channels.
+        out_channels: segmentation classes, background included.
+        feature_size: SwinUNETR's feature size.
+        window_size: attention window.
+        encoder_kwargs: other :class:`SwinEncoder` arguments (``depths``, ``num_heads``, ``use_v2``).
+
+    Forward: (N, in_channels, D, H, W), each divisible by 32 -> logits (N, out_channels, D, H, W).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        feature_size: int = 48,
+        window_size: int | Sequence[int] = 7,
+        **encoder_kwargs: Any,
+    ) -> None:
+        super().__init__(in_channels=in_channels, feature_size=feature_size, window_size=window_size, **encoder_kwargs)
+        widths = [feature_size * 2**level for level in range(5)]
+        self.heads = nn.ModuleList(nn.Conv3d(width, out_channels, kernel_size=1) for width in widths)
+        freeze(self, ["swinViT"])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = self.swinViT(x, self.normalize)
+        size = x.shape[2:]
+        return sum(
+            F.interpolate(head(level), size=size, mode="trilinear", align_corners=False)
+            for head, level in zip(self.heads, hidden, strict=True)
+        )
+
+
+class UNetEncoder(nn.Module):
+    """The contracting path of MONAI's ``BasicUNet`` (``conv_0``, ``down_1..4``), with its parameter names.
+
+    Args:
+        in_channels: input channels.
+        features: BasicUNet's six feature counts; the encoder uses the first five.
+        multiscale: return all five levels instead of the deepest one.
+
+    Forward: (N, in_channels, D, H, W), each divisible by 16 -> pooled embedding (N, out_channels).
+    """
+
+    def __init__(
+        self, in_channels: int = 1, features: Sequence[int] = (32, 32, 64, 128, 256, 32), multiscale: bool = False
+    ) -> None:
+        super().__init__()
+        full = BasicUNet(spatial_dims=3, in_channels=in_channels, out_channels=1, features=features)
+        self.conv_0, self.down_1, self.down_2 = full.conv_0, full.down_1, full.down_2
+        self.down_3, self.down_4 = full.down_3, full.down_4
+        self.multiscale = multiscale
+        self.out_channels = sum(features[:5]) if multiscale else features[4]
+
+    def probe_feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """(N, in_channels, D, H, W) -> all five levels, from ``conv_0`` to ``down_4``."""
+        levels = [self.conv_0(x)]
+        for down in (self.down_1, self.down_2, self.down_3, self.down_4):
+            levels.append(down(levels[-1]))
+        return levels
+
+    def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """(N, in_channels, D, H, W) -> the deepest level, or all five when ``multiscale``."""
+        levels = self.probe_feature_maps(x)
+        return levels if self.multiscale else levels[-1:]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return pool_and_concat(self.feature_maps(x))

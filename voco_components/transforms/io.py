@@ -1,0 +1,93 @@
+"""Loading input volumes and checking them, with errors that name the file."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.config import KeysCollection
+from monai.transforms import LoadImaged, MapTransform
+
+from voco_components.utils import VolumeError, volume_name
+
+__all__ = [
+    "LoadVolumed",
+    "CheckVolumed",
+    "AboveThreshold",
+]
+
+
+class LoadVolumed(LoadImaged):
+    """``LoadImaged`` whose failures (missing, truncated or unreadable files) raise :class:`VolumeError`
+    naming the file, instead of an anonymous reader error."""
+
+    def __call__(self, data: Mapping[Hashable, Any], reader: Any = None) -> dict[Hashable, Any]:
+        for key in self.key_iterator(dict(data)):
+            path = data[key]
+            if isinstance(path, (str, Path)) and not Path(path).exists():
+                raise VolumeError(f"{path}: file not found.")
+        try:
+            return super().__call__(data, reader)
+        except Exception as exc:
+            names = ", ".join(str(data[k]) for k in self.key_iterator(dict(data)))
+            raise VolumeError(f"{names}: cannot be read ({type(exc).__name__}: {exc}).") from exc
+
+
+class CheckVolumed(MapTransform):
+    """Reject volumes that would train on garbage, naming the file.
+
+    Checks that each image is channel-first 3D (C, X, Y, Z), optionally that every voxel is finite,
+    and that each spatial size is at least ``min_size`` (use it after foreground cropping to catch
+    volumes with almost no foreground).
+
+    Args:
+        keys: images to check.
+        min_size: smallest allowed spatial size per axis, or None for no check.
+        allow_non_finite: accept NaN and inf voxels.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        min_size: Sequence[int] | None = None,
+        allow_non_finite: bool = False,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.min_size = None if min_size is None else tuple(int(s) for s in min_size)
+        self.allow_non_finite = allow_non_finite
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            image = d[key]
+            name = volume_name(image, fallback=f"'{key}'")
+            shape = tuple(image.shape)
+            if len(shape) != 4:
+                raise VolumeError(f"{name}: expected a 3D volume with a channel axis (C, X, Y, Z), got shape {shape}.")
+            if not self.allow_non_finite:
+                tensor = torch.as_tensor(image)
+                if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                    bad = int((~torch.isfinite(tensor)).sum())
+                    raise VolumeError(f"{name}: {bad} voxels are NaN or infinite.")
+            if self.min_size is not None and any(s < m for s, m in zip(shape[1:], self.min_size, strict=True)):
+                raise VolumeError(
+                    f"{name}: spatial size {shape[1:]} is smaller than the minimum {self.min_size} "
+                    "(after foreground cropping: too little foreground for a VoCo region)."
+                )
+        return d
+
+
+class AboveThreshold:
+    """Picklable ``select_fn`` for ``CropForegroundd``: voxels strictly above ``threshold`` are foreground."""
+
+    def __init__(self, threshold: float = 0.0) -> None:
+        if not math.isfinite(threshold):
+            raise ValueError(f"threshold must be finite, got {threshold}.")
+        self.threshold = threshold
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        return image > self.threshold
