@@ -14,7 +14,15 @@ import torch
 from ignite.engine import Engine, Events
 from monai.bundle import ConfigWorkflow
 
-from conftest import BUNDLES, assert_resumes_exactly, bundle_workflow, record_losses, run_bundle_cli, write_ct
+from conftest import (
+    BUNDLES,
+    assert_resumes_exactly,
+    bundle_workflow,
+    first_in_chain,
+    record_losses,
+    run_bundle_cli,
+    write_ct,
+)
 from voco_components.apps.demo import DEMO_DIR, DEMO_ORGANS_DATALIST
 from voco_components.handlers.dice_table import DiceTableWriter
 from voco_components.metrics.dice import PerClassDice
@@ -386,3 +394,42 @@ def test_multi_gpu_config_trains_and_validates_one_volume_on_two_processes(tmp_p
     evaluator = single.parser.get_parsed_content("validate#evaluator")
     assert evaluator.state.iteration == 1
     assert ddp_dice == pytest.approx(evaluator.state.metrics["val_mean_dice"], abs=1e-6)
+
+
+def test_same_named_inputs_in_two_folders_keep_both_label_maps(tmp_path):
+    """`**` over site_a/ct.nii.gz and site_b/ct.nii.gz: each label map lands under its folder, none overwritten."""
+    data = tmp_path / "data"
+    shapes = {"site_a": (48, 48, 16), "site_b": (40, 44, 12)}
+    for i, (site, shape) in enumerate(shapes.items()):
+        write_ct(data / site / "ct.nii.gz", shape=shape, seed=i)
+    settings = {"datalist": str(data / "**" / "ct.nii.gz")}
+    network = workflow(tmp_path, data, ("inference.json",), "infer", **settings).parser.get_parsed_content(
+        "network_def"
+    )
+    (tmp_path / "models").mkdir()
+    torch.save(network.state_dict(), tmp_path / "models" / "model.pt")
+    workflow(tmp_path, data, ("inference.json",), "infer", **settings).run()
+    predictions = tmp_path / "outputs" / "predictions"
+    written = sorted(str(p.relative_to(predictions)) for p in predictions.rglob("*.nii.gz"))
+    assert written == ["site_a/ct_seg.nii.gz", "site_b/ct_seg.nii.gz"]
+    for site, shape in shapes.items():
+        assert nib.load(str(predictions / site / "ct_seg.nii.gz")).shape == shape
+
+
+def test_inputs_whose_outputs_would_clash_are_refused_before_the_first_step(tmp_path):
+    data = tmp_path / "data"
+    write_ct(data / "ct.nii.gz", shape=(48, 48, 16), seed=0)
+    write_ct(data / "ct.nii", shape=(48, 48, 16), seed=1)
+    settings = {"datalist": str(data)}
+    network = workflow(tmp_path, data, ("inference.json",), "infer", **settings).parser.get_parsed_content(
+        "network_def"
+    )
+    (tmp_path / "models").mkdir()
+    torch.save(network.state_dict(), tmp_path / "models" / "model.pt")
+    with pytest.raises(Exception) as error:
+        workflow(tmp_path, data, ("inference.json",), "infer", **settings).run()
+    message = str(first_in_chain(error.value, ValueError))
+    assert "same name" in message and str(data / "ct.nii.gz") in message and str(data / "ct.nii") in message
+    assert not (tmp_path / "outputs" / "predictions").exists() or not any(
+        (tmp_path / "outputs" / "predictions").iterdir()
+    )

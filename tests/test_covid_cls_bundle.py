@@ -332,7 +332,7 @@ def test_cli_training_id_from_scratch_with_pretrained_null(tmp_path, demo_dir):
     result = run_bundle_cli(BUNDLE.name, ["train.json"], overrides)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "pretrained is null: training from scratch" in result.stdout
-    assert json.loads((tmp_path / "models" / "model.json").read_text())["pretrained"] == "null"
+    assert json.loads((tmp_path / "models" / "model.json").read_text())["pretrained"] is None
 
 
 # ---------------------------------------------------------------- bad input
@@ -398,7 +398,7 @@ def test_fold_null_reads_training_and_validation_lists(tmp_path):
     datalist = tmp_path / "datalist.json"
     datalist.write_text(json.dumps({"training": [{"image": "a.nii.gz", "label": 2}], "validation": ["b.nii.gz"]}))
     assert load_classification_datalist(datalist, "/data", "training") == [{"image": "/data/a.nii.gz", "label": 2}]
-    assert load_classification_datalist(datalist, "/data", "training", fold="null") == [  # --fold null
+    assert load_classification_datalist(datalist, "/data", "training", fold=None) == [
         {"image": "/data/a.nii.gz", "label": 2}
     ]
     assert load_classification_datalist(datalist, "/data", "validation", require_labels=False) == [

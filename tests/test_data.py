@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from voco_components.data.datalists import load_datalists, volume_files
+from voco_components.data.datalists import (
+    check_unique_outputs,
+    load_datalists,
+    output_name,
+    output_root,
+    volume_files,
+)
 from voco_components.utils import volume_stem
 
 VOLUMES = ("b.nii.gz", "a.nii", "c.nrrd", "d.mha", "1.3.6.1.4.1.mhd")
@@ -86,3 +92,41 @@ def test_load_datalists_merges_json_lists_folders_and_patterns(tmp_path, folder)
 )
 def test_volume_stem_strips_the_image_ending_only(path, stem):
     assert volume_stem(path) == stem
+
+
+def test_outputs_keep_the_folders_below_the_inputs_common_root():
+    entries = [{"image": "/data/site_a/ct.nii.gz"}, {"image": "/data/site_b/ct.nii.gz"}, {"image": "/data/x.nrrd"}]
+    assert output_root(entries) == "/data"
+    assert [output_name(e["image"], "/data") for e in entries] == ["site_a/ct", "site_b/ct", "x"]
+    assert output_root(entries[:1]) == "/data/site_a" and output_name(entries[0]["image"], "/data/site_a") == "ct"
+    assert output_name("/data/1.3.6.99.mhd", "") == "1.3.6.99" and output_root([]) == ""
+    assert check_unique_outputs(entries) == entries
+
+
+@pytest.mark.parametrize(
+    ("images", "name"),
+    [
+        (["/data/a/ct.nii.gz", "/data/a/ct.nrrd", "/data/b/ct.nii"], "a/ct"),
+        (["/d/a/ct.nii.gz", "/d/a/ct.nii.gz"], "ct"),
+    ],
+)
+def test_inputs_that_would_share_an_output_name_are_listed(images, name):
+    with pytest.raises(ValueError, match="same name") as error:
+        check_unique_outputs([{"image": p} for p in images])
+    clashing = [p for p in images if "/a/" in p]
+    assert f"{name}: {', '.join(clashing)}" in str(error.value) and "/data/b/ct.nii" not in str(error.value)
+
+
+def test_a_relative_path_missing_under_dataset_dir_resolves_beside_its_datalist(tmp_path):
+    """dataset_dir first (the user's data), then the JSON file's own folder; neither: the dataset_dir path,
+    so that the file-not-found error names what the user asked for."""
+    lists, user = tmp_path / "lists", tmp_path / "user"
+    for path in (lists / "beside.nii.gz", user / "both.nii.gz", lists / "both.nii.gz"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+    datalist = lists / "list.json"
+    entries = ["beside.nii.gz", "both.nii.gz", "nowhere.nii.gz"]
+    datalist.write_text(json.dumps({"training": [{"image": e, "label": e} for e in entries]}))
+    resolved = load_datalists(datalist, user, "training")
+    expected = [str(lists / "beside.nii.gz"), str(user / "both.nii.gz"), str(user / "nowhere.nii.gz")]
+    assert [e["image"] for e in resolved] == [e["label"] for e in resolved] == expected

@@ -335,7 +335,7 @@ def test_multiscale_training_on_too_small_crops_names_the_limit():
 
 @pytest.mark.parametrize("value", ["false", "False", 0, None])
 def test_projection_head_refuses_a_batch_stats_that_is_not_a_bool(value):
-    """The bundle command line turns ``--projector_batch_stats false`` into the truthy string 'false': refused
-    with the spelling that works, instead of silently keeping batch statistics."""
-    with pytest.raises(TypeError, match="projector_batch_stats False"):
+    """A truthy string such as 'false' must not silently keep batch statistics (the bundles pass the id through
+    ``voco_components.utils.as_bool``, which reads it as meant)."""
+    with pytest.raises(TypeError, match="must be True or False"):
         ProjectionHead(in_dim=10, hidden_dim=7, out_dim=5, batch_stats=value)

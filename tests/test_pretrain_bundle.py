@@ -318,3 +318,33 @@ def test_region_jitter_crops_a_random_sub_region_before_the_grid():
     n = 16  # 4x4x1 bases come first: a sub-region's first base spans less of the volume than the whole's
     sub_span = outputs[0]["image"][:n].amax() - outputs[0]["image"][:n].amin()
     assert sub_span < whole[:n].amax() - whole[:n].amin()
+
+
+def test_feature_files_of_same_named_inputs_in_two_folders_keep_their_folders(tmp_path):
+    images = [write_ct(tmp_path / "data" / site / "ct.nii.gz", seed=i) for i, site in enumerate(["site_a", "site_b"])]
+    tiny = {"feature_size": 12, "window_size": 4, "region_size": [64, 64, 32], "grid": [2, 2, 1]}
+    tiny |= {"roi_size": [32, 32, 32], "num_crops": 3, "datalist": str(tmp_path / "data" / "**" / "*.nii.gz")}
+    infer = workflow(tmp_path, ("inference.json",), "infer", **tiny)
+    (tmp_path / "models").mkdir()
+    torch.save(infer.parser.get_parsed_content("network_def").state_dict(), tmp_path / "models" / "model.pt")
+    workflow(tmp_path, ("inference.json",), "infer", **tiny).run()
+    features = tmp_path / "outputs" / "features"
+    written = sorted(str(p.relative_to(features)) for p in features.rglob("*.pt"))
+    assert written == ["site_a/ct_voco.pt", "site_b/ct_voco.pt"]
+    for image, name in zip(images, written, strict=True):
+        assert torch.load(features / name, weights_only=True)["source"] == str(image)
+
+
+def test_the_cpu_demo_probe_keeps_its_organ_maps_when_dataset_dir_is_the_users(tmp_path):
+    """cpu_demo.json with --dataset_dir /my/data --datalist my.json: the user's relative entries resolve in their
+    folder, and the organ probe still reads the embedded organ maps beside its own datalist."""
+    user = tmp_path / "my_data"
+    for i, name in enumerate(["a", "b"]):
+        write_ct(user / f"{name}.nii.gz", seed=i)
+    (user / "my.json").write_text(json.dumps({"training": ["a.nii.gz"], "validation": ["b.nii.gz"]}))
+    settings = {"dataset_dir": str(user), "datalist": str(user / "my.json"), "max_steps": 2, "val_every_steps": 2}
+    wf = workflow(tmp_path / "run", ("train.json", "cpu_demo.json"), **{**settings, "probe_max_crops": 8})
+    assert wf.parser.get_parsed_content("train#data") == [{"image": str(user / "a.nii.gz")}]
+    wf.run()
+    metrics = wf.parser.get_parsed_content("validate#evaluator").state.metrics
+    assert 0.0 <= metrics["val_probe_knn_accuracy"] <= 1.0 and metrics["val_probe_num_fit_crops"] > 0

@@ -13,6 +13,11 @@ import torch
 from monai.data import MetaTensor
 
 __all__ = [
+    "TRUE_WORDS",
+    "FALSE_WORDS",
+    "NULL_WORDS",
+    "as_bool",
+    "as_optional",
     "is_main_process",
     "atomic_write",
     "atomic_save",
@@ -27,6 +32,37 @@ __all__ = [
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 """File endings of the volumes a folder or glob pattern datalist takes: NIfTI, NRRD and MetaImage."""
+
+
+TRUE_WORDS = ("true", "True", "TRUE", "1")
+FALSE_WORDS = ("false", "False", "FALSE", "0")
+NULL_WORDS = ("null", "None", "none", "NULL")
+"""How a bundle command line spells a boolean or a missing value. ``python -m monai.bundle run --amp false``
+hands the override over as the string ``'false'`` (Python's ``False`` and ``None`` arrive as such): these
+words are read as the user means them, in every bundle, by :func:`as_bool` and :func:`as_optional`."""
+
+
+def as_bool(value: Any, name: str) -> bool:
+    """A boolean config id as the user meant it: ``True``/``False``, 1/0, or one of :data:`TRUE_WORDS` /
+    :data:`FALSE_WORDS`; anything else (``'maybe'``, 2, None) raises a ValueError naming the id."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip() in TRUE_WORDS + FALSE_WORDS:
+        return value.strip() in TRUE_WORDS
+    raise ValueError(
+        f"`{name}` must be true or false (true/false/True/False/1/0), got {value!r}; "
+        f"for example --{name} false on the bundle command line."
+    )
+
+
+def as_optional(value: Any) -> Any:
+    """A config id that may be missing: None or one of :data:`NULL_WORDS` (as the bundle command line hands
+    over ``--pretrained null``) gives None; any other value is returned unchanged."""
+    if value is None or (isinstance(value, str) and value.strip() in NULL_WORDS):
+        return None
+    return value
 
 
 def is_main_process() -> bool:

@@ -2,7 +2,7 @@
 its ``prepare`` step."""
 
 from .classification_datalist import SUBSETS, load_classification_datalist
-from .datalists import load_datalists, read_json, volume_files
+from .datalists import check_unique_outputs, load_datalists, output_name, output_root, read_json, volume_files
 from .dataset import (
     PreparedVolumes,
     ResumableDistributedSampler,
@@ -35,6 +35,9 @@ __all__ = [
     "SUBSETS",
     "load_classification_datalist",
     "load_datalists",
+    "output_root",
+    "output_name",
+    "check_unique_outputs",
     "read_json",
     "volume_files",
     "PreparedVolumes",

@@ -43,7 +43,7 @@ def load_classification_datalist(
     datalist: str | Path | Sequence[str | Path],
     dataset_dir: str | Path,
     subset: str = "training",
-    fold: int | str | None = None,
+    fold: int | None = None,
     num_classes: int | None = None,
     require_labels: bool = True,
 ) -> list[dict[str, Any]]:
@@ -58,8 +58,7 @@ def load_classification_datalist(
         subset: ``training``, ``validation`` or ``testing``; with a ``fold``, validation is that fold and
             training all the other folds (:func:`voco_components.data.folds.fold_split`), while ``testing`` is
             the datalist's own ``testing`` list.
-        fold: the held-out fold, or None (or the string ``"null"`` that a bundle's command line
-            ``--fold null`` gives) to read the ``subset`` list itself. Folders and patterns have no folds:
+        fold: the held-out fold, or None to read the ``subset`` list itself. Folders and patterns have no folds:
             the fold is not used for them.
         num_classes: labels must lie in 0..num_classes-1 (not checked when None).
         require_labels: every entry needs a ``label``; False accepts entries without one (inference).
@@ -75,7 +74,7 @@ def load_classification_datalist(
     if subset not in SUBSETS:
         raise ValueError(f"subset must be one of {SUBSETS}, got {subset!r}.")
     sources = [datalist] if isinstance(datalist, (str, Path)) else list(datalist)
-    by_fold = fold is not None and fold != "null" and subset != "testing"
+    by_fold = fold is not None and subset != "testing"
     if not by_fold or any(volume_files(source) is not None for source in sources):
         entries = load_datalists(datalist, dataset_dir, subset)
         source = str(datalist)

@@ -5,16 +5,19 @@ from __future__ import annotations
 import glob
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from voco_components.utils import VOLUME_SUFFIXES
+from voco_components.utils import VOLUME_SUFFIXES, volume_stem
 
 __all__ = [
     "volume_files",
     "read_json",
     "load_datalists",
+    "output_root",
+    "output_name",
+    "check_unique_outputs",
 ]
 
 
@@ -48,11 +51,13 @@ def volume_files(source: str | Path) -> list[str] | None:
     return sorted(os.path.abspath(p) for p in found)
 
 
-def _resolve(entry: Any, base: Path) -> Any:
+def _resolve(entry: Any, bases: Sequence[Path]) -> Any:
+    """A relative path under the first of ``bases`` that holds it, or under the first when none does (the
+    error that follows then names the path the user asked for)."""
     if isinstance(entry, str) and entry and not Path(entry).is_absolute():
-        return str(base / entry)
+        return str(next((base / entry for base in bases if (base / entry).exists()), bases[0] / entry))
     if isinstance(entry, list):
-        return [_resolve(e, base) for e in entry]
+        return [_resolve(e, bases) for e in entry]
     return entry
 
 
@@ -68,7 +73,8 @@ def read_json(path: str | Path, what: str = "JSON") -> Any:
 
 
 def _json_entries(path: Path, base: Path, key: str) -> list[dict[str, Any]]:
-    """The ``key`` list of one decathlon-style datalist JSON file, relative ``image``/``label`` paths under ``base``."""
+    """The ``key`` list of one decathlon-style datalist JSON file; relative ``image``/``label`` paths resolve under
+    ``base`` or, where ``base`` does not hold them, beside the JSON file."""
     content = read_json(path, "datalist (a JSON file, a folder of volumes or a glob pattern)")
     if not isinstance(content, dict) or key not in content:
         found = sorted(content) if isinstance(content, dict) else type(content).__name__
@@ -76,12 +82,13 @@ def _json_entries(path: Path, base: Path, key: str) -> list[dict[str, Any]]:
     entries = content[key]
     if not isinstance(entries, list):
         raise ValueError(f"{path}: '{key}' must be a list, got {type(entries).__name__}.")
+    bases = [base] if base.resolve() == path.parent.resolve() else [base, path.parent]
     merged = []
     for entry in entries:
         item = {"image": entry} if isinstance(entry, str) else dict(entry)
         if "image" not in item:
             raise ValueError(f"{path}: an entry of '{key}' has no 'image': {entry!r}.")
-        merged.append({k: _resolve(v, base) if k in ("image", "label") else v for k, v in item.items()})
+        merged.append({k: _resolve(v, bases) if k in ("image", "label") else v for k, v in item.items()})
     return merged
 
 
@@ -96,7 +103,9 @@ def load_datalists(
 
     Args:
         datalist: one datalist or a list of them (BTCV, TCIA-Covid19, LUNA16, ... in one run).
-        dataset_dir: folder that relative paths in JSON entries resolve against.
+        dataset_dir: folder that relative paths in JSON entries resolve against; a relative path that is not
+            there resolves beside its JSON file instead (the demo's organ datalist keeps working when
+            ``dataset_dir`` points at the user's data).
         key: the list to read from each JSON file, e.g. ``training``, ``validation`` or ``testing``.
 
     Returns:
@@ -118,3 +127,36 @@ def load_datalists(
         else:
             merged.extend({"image": volume} for volume in volumes)
     return merged
+
+
+def output_root(entries: Sequence[Mapping[str, Any]], key: str = "image") -> str:
+    """The deepest folder that holds every input of ``entries[i][key]``: outputs keep the folder structure below
+    it (MONAI's ``SaveImage(data_root_dir=...)``), so ``site_a/ct.nii.gz`` and ``site_b/ct.nii.gz`` write
+    ``site_a/ct_seg.nii.gz`` and ``site_b/ct_seg.nii.gz``. An empty list gives ``""``."""
+    folders = [os.path.dirname(os.path.abspath(str(entry[key]))) for entry in entries]
+    return os.path.commonpath(folders) if folders else ""
+
+
+def output_name(path: str | Path, root: str | Path) -> str:
+    """The name of an input's outputs: its folder relative to ``root`` and its stem (:func:`volume_stem`),
+    ``/data/site_a/ct.nii.gz`` under ``/data`` -> ``site_a/ct``."""
+    folder = os.path.relpath(os.path.dirname(os.path.abspath(str(path))), str(root)) if root else "."
+    return os.path.normpath(os.path.join(folder, volume_stem(path)))
+
+
+def check_unique_outputs(entries: Sequence[Mapping[str, Any]], key: str = "image") -> list[Mapping[str, Any]]:
+    """``entries`` unchanged when every input gets its own output name (:func:`output_name` under
+    :func:`output_root`); otherwise a ValueError, before the first step, that lists the inputs whose outputs
+    would overwrite each other (``ct.nii.gz`` and ``ct.nrrd`` in one folder, or one file listed twice)."""
+    root = output_root(entries, key)
+    by_name: dict[str, list[str]] = {}
+    for entry in entries:
+        by_name.setdefault(output_name(entry[key], root), []).append(str(entry[key]))
+    clashes = {name: paths for name, paths in by_name.items() if len(paths) > 1}
+    if clashes:
+        listed = "; ".join(f"{name}: {', '.join(paths)}" for name, paths in sorted(clashes.items()))
+        raise ValueError(
+            f"these inputs would write outputs of the same name, and one would overwrite the other: {listed}. "
+            "Rename or remove one of each, or run them separately."
+        )
+    return list(entries)

@@ -30,10 +30,7 @@ class ProjectionHead(nn.Module):
     def __init__(self, in_dim: int, hidden_dim: int = 2048, out_dim: int = 2048, batch_stats: bool = True) -> None:
         super().__init__()
         if not isinstance(batch_stats, bool):
-            raise TypeError(
-                f"batch_stats must be True or False, got {batch_stats!r}; on a bundle command line write "
-                "--projector_batch_stats False (a lower-case false arrives as a string)."
-            )
+            raise TypeError(f"batch_stats must be True or False, got {batch_stats!r}.")
         track = not batch_stats
         self.layers = nn.Sequential(
             nn.Linear(in_dim, hidden_dim),

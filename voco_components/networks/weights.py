@@ -114,8 +114,7 @@ def load_pretrained(
     Args:
         network: e.g. ``SwinUNETR``, or any module with SwinUNETR's encoder names.
         path: a VoCo export (``models/model.pt``), a VoCo training or public VoCo / SwinUNETR
-            self-supervised checkpoint; None, or the string ``"null"`` that a bundle's command line
-            ``--pretrained null`` gives, loads nothing (the from-scratch baseline) and returns None.
+            self-supervised checkpoint; None loads nothing (the from-scratch baseline) and returns None.
         min_encoder_fraction: fail when fewer than this fraction of the network's encoder tensors
             (names starting with ``encoder_prefixes``) loaded.
         encoder_prefixes: which of the network's tensors count as the encoder.
@@ -131,7 +130,7 @@ def load_pretrained(
         FileNotFoundError: ``path`` does not exist.
         ValueError: less than ``min_encoder_fraction`` of the encoder loaded.
     """
-    if path is None or path == "null":
+    if path is None:
         logger.info("pretrained is null: training from scratch.")
         return None
     path = Path(path)
