@@ -1,4 +1,5 @@
-"""Shared fixtures: paths, small synthetic CT volumes, and tiny overrides for the bundles."""
+"""Shared fixtures: paths, small synthetic CT volumes, DICOM series written from the embedded CTs, and tiny
+overrides for the bundles."""
 
 from __future__ import annotations
 
@@ -8,15 +9,21 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
 import torch
 from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+from voco_components.apps.demo import DEMO_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parent / "data"
@@ -58,6 +65,174 @@ def write_ct(path: Path, shape=(80, 80, 24), spacing=(1.5, 1.5, 5.0), seed: int 
     path.parent.mkdir(parents=True, exist_ok=True)
     nib.save(nib.Nifti1Image(volume.astype(np.int16), affine), str(path))
     return path
+
+
+# ----------------------------------------------------------------------------------------------- DICOM series
+
+RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
+"""NIfTI world coordinates (RAS) to DICOM patient coordinates (LPS) and back."""
+RT_STRUCTURE_SET = "1.2.840.10008.5.1.4.1.1.481.3"
+COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
+HU_INTERCEPT = -1024.0
+
+
+def _ds(value: float) -> str:
+    """A decimal string (DICOM DS, at most 16 characters) as exact as it can be."""
+    text = f"{value:.10g}"
+    assert len(text) <= 16, text
+    return text
+
+
+def dicom_object(sop_class: str, modality: str, series_uid: str, study_uid: str) -> Dataset:
+    """The header every test object shares: file meta (explicit VR little endian), patient, study and series."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.PatientID, ds.PatientName = modality, "VOCO-TEST", "Test^Phantom"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
+    ds.StudyDate = ds.SeriesDate = "20240101"
+    return ds
+
+
+def save_dicom(ds: Dataset, path: Path) -> Path:
+    """Write ``ds`` as a DICOM file (preamble, ``DICM``, file meta) with pydicom 3 or 2."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if int(pydicom.__version__.split(".")[0]) >= 3:
+        ds.save_as(path, enforce_file_format=True)
+    else:
+        ds.is_little_endian, ds.is_implicit_VR = True, False
+        ds.save_as(path, write_like_original=False)
+    return path
+
+
+def write_dicom_series(
+    folder: Path,
+    volume: np.ndarray,
+    affine: np.ndarray,
+    series_uid: str | None = None,
+    study_uid: str | None = None,
+    names: Sequence[str] | None = None,
+    image_type: Sequence[str] = ("ORIGINAL", "PRIMARY", "AXIAL"),
+    description: str = "CT",
+) -> list[Path]:
+    """A CT series, one file per slice ``volume[:, :, k]`` (HU, (X, Y, Z)) of a volume with the NIfTI (RAS) affine
+    ``affine``, written from the DICOM definitions so that a reader of the series gives volume and affine back.
+
+    Slice k lies at ``affine @ (0, 0, k)``; the row direction is ``affine``'s first column, the column direction
+    its second, both in LPS; PixelSpacing is (row spacing, column spacing) = (|second column|, |first column|); the
+    pixels are ``volume[:, :, k].T`` (rows run along Y), stored as int16 with RescaleIntercept -1024. Files are
+    named ``names[k]`` (default ``0000.dcm``, ...); InstanceNumber counts down along k, as scanners number from the
+    head, so that a reader ordering by it would turn the volume upside down.
+
+    Returns:
+        the written files, slice k at index k.
+    """
+    series_uid, study_uid = series_uid or generate_uid(), study_uid or generate_uid()
+    frame_uid = generate_uid()
+    columns = np.asarray(affine, dtype=np.float64)[:3, :3]
+    row_step, column_step = np.linalg.norm(columns[:, 0]), np.linalg.norm(columns[:, 1])
+    orientation = [*(RAS_TO_LPS @ columns[:, 0] / row_step), *(RAS_TO_LPS @ columns[:, 1] / column_step)]
+    files = []
+    for k in range(volume.shape[2]):
+        ds = dicom_object(CTImageStorage, "CT", series_uid, study_uid)
+        ds.ImageType = list(image_type)
+        ds.SeriesDescription, ds.SeriesNumber, ds.InstanceNumber = description, 1, volume.shape[2] - k
+        ds.FrameOfReferenceUID = frame_uid
+        position = RAS_TO_LPS @ (np.asarray(affine, dtype=np.float64) @ [0.0, 0.0, k, 1.0])[:3]
+        ds.ImagePositionPatient = [_ds(v) for v in position]
+        ds.ImageOrientationPatient = [_ds(v) for v in orientation]
+        ds.PixelSpacing = [_ds(column_step), _ds(row_step)]
+        ds.SliceThickness = _ds(float(np.linalg.norm(columns[:, 2])))
+        stored = np.round(np.asarray(volume[:, :, k], dtype=np.float64).T - HU_INTERCEPT).astype(np.int16)
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.Rows, ds.Columns = stored.shape
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = _ds(HU_INTERCEPT), "1", "HU"
+        ds.PixelData = np.ascontiguousarray(stored).astype("<i2").tobytes()
+        files.append(save_dicom(ds, folder / (names[k] if names else f"{k:04d}.dcm")))
+    return files
+
+
+@dataclass(frozen=True)
+class DicomCT:
+    """A DICOM series written from an embedded CT and the same volume as a NIfTI (same voxels, same affine)."""
+
+    folder: Path
+    nifti: Path
+    uid: str
+    study_uid: str
+
+
+def write_dicom_ct(
+    folder: Path, nifti: Path, source: str, crop: Sequence[slice], name_files: bool, uid: str | None = None
+) -> DicomCT:
+    """``crop`` of the embedded CT ``source`` (RAS) turned to the orientation scanners write (rows run right to
+    left, columns front to back: ImageOrientationPatient 1, 0, 0, 0, 1, 0), as series ``uid`` in ``folder`` and as
+    the NIfTI ``nifti``. With ``name_files``, slices get shuffled random names without an ending, as archives name
+    them."""
+    image = nib.load(str(DEMO_DIR / source))
+    volume = np.asarray(image.dataobj)[tuple(crop)]
+    start = np.array([s.start or 0 for s in crop] + [1.0])
+    affine = image.affine.copy()
+    affine[:, 3] = image.affine @ start
+    flip = np.diag([-1.0, -1.0, 1.0, 1.0])
+    flip[:2, 3] = [volume.shape[0] - 1, volume.shape[1] - 1]
+    volume, affine = volume[::-1, ::-1, :], affine @ flip
+    uid, study_uid = uid or generate_uid(), generate_uid()
+    names = None
+    if name_files:
+        names = [f"IM{generate_uid()[-10:].replace('.', '')}" for _ in range(volume.shape[2])]
+    write_dicom_series(folder, volume, affine, series_uid=uid, study_uid=study_uid, names=names)
+    nifti.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(volume), affine), str(nifti))
+    return DicomCT(folder, nifti, uid, study_uid)
+
+
+def add_non_image_files(ct: DicomCT) -> list[Path]:
+    """An RT structure set of the series' own SeriesInstanceUID, a structured report of another, and a text file:
+    what archives put next to the slices, none of it part of the image."""
+    structures = dicom_object(RT_STRUCTURE_SET, "RTSTRUCT", ct.uid, ct.study_uid)
+    structures.StructureSetLabel = "organs"
+    report = dicom_object(COMPREHENSIVE_SR, "SR", generate_uid(), ct.study_uid)
+    report.CompletionFlag, report.VerificationFlag = "COMPLETE", "UNVERIFIED"
+    notes = ct.folder / "README.txt"
+    notes.write_text("exported from the archive\n")
+    return [save_dicom(structures, ct.folder / "RS.dcm"), save_dicom(report, ct.folder / "SR.dcm"), notes]
+
+
+@pytest.fixture(scope="session")
+def dicom_cts(tmp_path_factory) -> tuple[DicomCT, DicomCT]:
+    """Two series from the embedded chest CTs in ``<root>/series/``, each in a folder of its own, with reference
+    NIfTIs in ``<root>/nifti/``: ``chest_a`` (113 x 97 x 16 voxels of lung1, slices with shuffled names, an
+    RTSTRUCT, an SR and a text file beside them) and a folder named after its SeriesInstanceUID (101 x 91 x 14 of
+    lung2). Tests copy a folder before changing it.
+
+    In-plane sizes are odd: resampled from 1.5 to 3 mm, an even size lies on a rounding tie of MONAI's ``Spacing``,
+    where the DICOM decimal strings (float64) and the NIfTI header (float32) would round to shapes one voxel apart.
+    """
+    root = tmp_path_factory.mktemp("dicom")
+    first = write_dicom_ct(
+        root / "series" / "chest_a",
+        root / "nifti" / "chest_a.nii.gz",
+        "lung1_image.nii.gz",
+        (slice(40, 153), slice(50, 147), slice(16, 32)),
+        name_files=True,
+    )
+    add_non_image_files(first)
+    uid = generate_uid()
+    second = write_dicom_ct(
+        root / "series" / uid,
+        root / "nifti" / f"{uid}.nii.gz",
+        "lung2_image.nii.gz",
+        (slice(60, 161), slice(70, 161), slice(20, 34)),
+        name_files=False,
+        uid=uid,
+    )
+    return first, second
 
 
 @pytest.fixture(scope="session")

@@ -20,6 +20,7 @@ import socket
 import subprocess
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from pathlib import Path
@@ -357,6 +358,39 @@ def test_voco_app_classifies_a_volume_as_the_bundle_itself_does(voco_app, tmp_pa
     wf.run()
     expected = json.loads((tmp_path / "probabilities.json").read_text())["volumes"][0]["probabilities"]
     assert [scores[name.lower()] for name in expected] == pytest.approx(list(expected.values()), abs=1e-4)
+
+
+def test_voco_app_segments_a_dicom_series_folder_onto_its_grid(voco_app, dicom_cts, tmp_path):
+    """An infer request naming a series folder on the server (as MONAI Label's DICOMweb datastore hands over a
+    downloaded series with ``convert_to_nifti`` false): the bundle reads the series, and the label map lies on the
+    series' grid, which is the grid of the NIfTI written from the same voxels."""
+    ct = dicom_cts[1]  # the folder named after its SeriesInstanceUID
+    params = {"device": "cpu", "result_extension": ".nii.gz"}  # a folder has no file ending to copy
+    body, content_type = multipart({"params": json.dumps(params)}, {})
+    image = urllib.parse.quote(str(ct.folder))
+    answer = voco_app.call(
+        "POST", f"/infer/{MODEL}?image={image}&output=image", body=body, content_type=content_type, timeout=INFER_S
+    )
+    prediction = tmp_path / "prediction.nii.gz"
+    prediction.write_bytes(answer)
+    label_map, reference = nib.load(prediction), nib.load(ct.nifti)
+    assert label_map.shape == reference.shape
+    np.testing.assert_allclose(label_map.affine, reference.affine, atol=1e-3)
+    values = np.unique(np.asarray(label_map.dataobj))
+    assert values.min() >= 0 and values.max() <= max(organ_labels().values()), values
+
+
+def test_voco_app_classifies_a_dicom_series_folder_as_its_nifti(voco_app, dicom_cts):
+    ct = dicom_cts[0]  # slices with shuffled names, an RTSTRUCT, an SR and a text file beside them
+    body, content_type = multipart({"params": json.dumps({"device": "cpu"})}, {})
+    scores = {}
+    for form, path in (("series", ct.folder), ("nifti", ct.nifti)):
+        image = urllib.parse.quote(str(path))
+        answer = voco_app.call(
+            "POST", f"/infer/{CLASSIFIER}?image={image}&output=json", body=body, content_type=content_type
+        )
+        scores[form] = [row["score"] for row in json.loads(answer)["prediction"]]
+    assert scores["series"] == pytest.approx(scores["nifti"], abs=1e-4)
 
 
 def test_voco_app_trains_a_segmentation_bundle_again_and_again(voco_app):

@@ -122,8 +122,11 @@ def volume_name(value: Any, fallback: str = "<in-memory volume>") -> str:
 
 def volume_stem(path: str | Path) -> str:
     """The file name of a volume without its image ending, for naming outputs after inputs:
-    ``/data/case_01.nii.gz`` -> ``case_01``, ``1.3.6.1.4.1.mhd`` -> ``1.3.6.1.4.1``, ``scan.dcm`` -> ``scan``."""
+    ``/data/case_01.nii.gz`` -> ``case_01``, ``1.3.6.1.4.1.mhd`` -> ``1.3.6.1.4.1``, ``scan.dcm`` -> ``scan``; a
+    folder (a DICOM series) keeps its whole name: ``/data/1.2.840.113619.2.55/`` -> ``1.2.840.113619.2.55``."""
     name = Path(path).name
+    if Path(path).is_dir():
+        return name
     for suffix in VOLUME_SUFFIXES:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]

@@ -28,6 +28,8 @@ from .volume_cache import (
     part_of,
     quantise,
     read_volume,
+    source_stat,
+    source_stats,
     write_volume,
 )
 
@@ -66,5 +68,7 @@ __all__ = [
     "part_of",
     "quantise",
     "read_volume",
+    "source_stat",
+    "source_stats",
     "write_volume",
 ]

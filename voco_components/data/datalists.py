@@ -1,4 +1,5 @@
-"""Datalists: decathlon-style JSON files, folders or glob patterns of volumes, merged and resolved to absolute paths."""
+"""Datalists: decathlon-style JSON files, folders or glob patterns of volumes and DICOM series folders, merged and
+resolved to absolute paths."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from voco_components.transforms.dicom import is_dicom_folder
 from voco_components.utils import VOLUME_SUFFIXES, volume_stem
 
 __all__ = [
@@ -25,25 +27,42 @@ def _is_volume(path: Path) -> bool:
     return path.is_file() and path.name.lower().endswith(VOLUME_SUFFIXES)
 
 
+def _is_volume_or_series(path: Path) -> bool:
+    return _is_volume(path) or is_dicom_folder(path)
+
+
 def volume_files(source: str | Path) -> list[str] | None:
     """The volumes a folder or a glob pattern names, as sorted absolute paths; None for any other ``source``.
 
-    A folder gives every NIfTI (``.nii``, ``.nii.gz``), NRRD (``.nrrd``) and MetaImage (``.mha``, ``.mhd``)
-    file directly in it; a glob pattern (``*``, ``?``, ``[...]``; ``**`` spans folders) the volume files it
-    matches; a path to one volume file, that file. Anything else (a JSON datalist) gives None.
+    A volume is a NIfTI (``.nii``, ``.nii.gz``), NRRD (``.nrrd``) or MetaImage (``.mha``, ``.mhd``) file, or a
+    DICOM series folder (a folder with DICOM files in it, read as one volume by
+    :class:`voco_components.transforms.LoadVolumed`). A series folder gives itself; any other folder every volume
+    file and every series folder directly in it (a folder of series folders gives one volume per series); a glob
+    pattern (``*``, ``?``, ``[...]``; ``**`` spans folders) the volume files and series folders it matches; a path
+    to one volume file, that file. Anything else (a JSON datalist) gives None.
 
     Raises:
-        ValueError: a folder or pattern that holds no volume file; the message names it.
+        ValueError: a folder or pattern that holds no volume, or a series folder that also holds volume files;
+            the message names it.
     """
     path = Path(source)
-    if path.is_dir():
-        found = [p for p in path.iterdir() if _is_volume(p)]
-        where = f"{path}: no volume files ({', '.join(VOLUME_SUFFIXES)}) in this folder."
+    kinds = f"volume files ({', '.join(VOLUME_SUFFIXES)}) or DICOM series folders"
+    if is_dicom_folder(path):
+        others = sorted(p.name for p in path.iterdir() if _is_volume(p))
+        if others:
+            raise ValueError(
+                f"{path}: holds DICOM files and volume files ({', '.join(others[:5])}); a DICOM series needs a "
+                "folder of its own."
+            )
+        found = [path]
+    elif path.is_dir():
+        found = [p for p in path.iterdir() if _is_volume_or_series(p)]
+        where = f"{path}: no {kinds} in this folder."
     elif _is_volume(path):
         found = [path]
     elif not path.exists() and glob.has_magic(str(source)):
-        found = [p for p in map(Path, glob.glob(str(source), recursive=True)) if _is_volume(p)]
-        where = f"{source}: the pattern matches no volume files ({', '.join(VOLUME_SUFFIXES)})."
+        found = [p for p in map(Path, glob.glob(str(source), recursive=True)) if _is_volume_or_series(p)]
+        where = f"{source}: the pattern matches no {kinds}."
     else:
         return None
     if not found:
@@ -52,10 +71,12 @@ def volume_files(source: str | Path) -> list[str] | None:
 
 
 def _resolve(entry: Any, bases: Sequence[Path]) -> Any:
-    """A relative path under the first of ``bases`` that holds it, or under the first when none does (the
-    error that follows then names the path the user asked for)."""
-    if isinstance(entry, str) and entry and not Path(entry).is_absolute():
-        return str(next((base / entry for base in bases if (base / entry).exists()), bases[0] / entry))
+    """``entry`` unless relative; a relative path under the first of ``bases`` that holds it, or under the first
+    when none does (the error that follows then names the path the user asked for). Normalised: ``series/`` ->
+    ``series``, so that outputs named after a series folder get its name."""
+    if isinstance(entry, str) and entry:
+        candidates = [base / entry for base in bases]
+        return str(next((c for c in candidates if c.exists()), candidates[0]))
     if isinstance(entry, list):
         return [_resolve(e, bases) for e in entry]
     return entry
@@ -98,8 +119,9 @@ def load_datalists(
     """The entries of one or several datalists, merged in order.
 
     Each datalist is a decathlon-style JSON file, whose ``key`` list is read, or images without a datalist:
-    a folder of volumes, a glob pattern or one volume file (:func:`volume_files`). A folder or pattern has no
-    split into lists: it gives all its volumes, sorted by path, whichever ``key`` is asked for.
+    a folder of volumes or of DICOM series folders, one series folder, a glob pattern or one volume file
+    (:func:`volume_files`). A folder or pattern has no split into lists: it gives all its volumes, sorted by path,
+    whichever ``key`` is asked for. An ``image`` of a JSON entry may name a DICOM series folder too.
 
     Args:
         datalist: one datalist or a list of them (BTCV, TCIA-Covid19, LUNA16, ... in one run).

@@ -13,7 +13,7 @@ from monai.data.utils import pickle_hashing
 from monai.transforms import Randomizable, apply_transform
 from torch.utils.data import DistributedSampler
 
-from voco_components.data.volume_cache import LoadCachedVolumed, VolumeCache, entry_text
+from voco_components.data.volume_cache import LoadCachedVolumed, VolumeCache, entry_text, source_stat
 from voco_components.utils import VolumeError
 
 __all__ = [
@@ -39,15 +39,15 @@ def hash_entry_and_files(item: Any) -> bytes:
 
     ``PersistentDataset`` keys its cache on the entry alone by default, so an image or label file that
     is replaced under the same path would keep being served from a stale cache. This adds the size
-    and modification time of every existing file the entry names.
+    and modification time of every existing file the entry names, and for a DICOM series folder those of
+    every file in it (:func:`voco_components.data.volume_cache.source_stat`).
     """
 
     def stats(value: Any) -> Any:
         if isinstance(value, (list, tuple)):
             return [stats(v) for v in value]
-        if isinstance(value, (str, Path)) and Path(value).is_file():
-            info = Path(value).stat()
-            return [str(value), info.st_size, info.st_mtime_ns]
+        if isinstance(value, (str, Path)) and Path(value).exists():
+            return source_stat(value)
         return value
 
     entry = {str(k): stats(v) for k, v in item.items()} if isinstance(item, dict) else stats(item)

@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import os
+import stat
 import time
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
@@ -29,6 +30,8 @@ __all__ = [
     "entry_text",
     "entry_key",
     "part_of",
+    "source_stat",
+    "source_stats",
     "quantise",
     "dequantise",
     "write_volume",
@@ -78,17 +81,27 @@ def part_of(entry: Mapping[str, Any], num_parts: int) -> int:
     return int(entry_key(entry)[:15], 16) % int(num_parts)
 
 
+def source_stat(path: str | Path) -> list[Any]:
+    """``[path, size, stamp]`` of one source: a file's size and modification time (ns); a folder's (a DICOM
+    series) total size of its files and the sha1 hex of every file's name, size and modification time, so that
+    a slice replaced, added or removed changes it; ``[path, -1, -1]`` when it is missing."""
+    try:
+        info = os.stat(path)
+        if not stat.S_ISDIR(info.st_mode):
+            return [str(path), info.st_size, info.st_mtime_ns]
+        files = sorted((f.name, f.stat()) for f in os.scandir(path) if f.is_file())
+    except OSError:
+        return [str(path), -1, -1]
+    listing = json.dumps([[name, i.st_size, i.st_mtime_ns] for name, i in files])
+    return [str(path), sum(i.st_size for _, i in files), hashlib.sha1(listing.encode()).hexdigest()]
+
+
 def source_stats(entry: Mapping[str, Any], keys: Sequence[str] = ("image",)) -> list[list[Any]]:
-    """``[path, size, mtime_ns]`` of every source file of ``entry`` under ``keys`` (missing files: size -1)."""
+    """:func:`source_stat` of every source file or series folder of ``entry`` under ``keys``."""
     stats = []
     for key in keys:
         paths = entry.get(key, [])
-        for path in [paths] if isinstance(paths, (str, Path)) else paths:
-            try:
-                info = os.stat(path)
-                stats.append([str(path), info.st_size, info.st_mtime_ns])
-            except OSError:
-                stats.append([str(path), -1, -1])
+        stats += [source_stat(path) for path in ([paths] if isinstance(paths, (str, Path)) else paths)]
     return stats
 
 

@@ -9,20 +9,34 @@ from typing import Any
 
 import torch
 from monai.config import KeysCollection
+from monai.data.folder_layout import default_name_formatter
 from monai.transforms import LoadImaged, MapTransform
+from monai.utils import ImageMetaKey
 
-from voco_components.utils import VolumeError, volume_name
+from voco_components.transforms.dicom import DicomSeriesReader
+from voco_components.utils import VolumeError, volume_name, volume_stem
 
 __all__ = [
     "LoadVolumed",
     "CheckVolumed",
     "AboveThreshold",
+    "volume_name_formatter",
 ]
 
 
 class LoadVolumed(LoadImaged):
-    """``LoadImaged`` whose failures (missing, truncated or unreadable files) raise :class:`VolumeError`
-    naming the file, instead of an anonymous reader error."""
+    """``LoadImaged`` that also reads DICOM series folders, and whose failures (missing, truncated or unreadable
+    files) raise :class:`VolumeError` naming the file, instead of an anonymous reader error.
+
+    Without a ``reader``, a folder is read as one DICOM series by :class:`DicomSeriesReader` (checked first: one
+    series, no localizer, no missing slice; slices in position order), a file by MONAI's reader for its ending.
+    Other arguments are ``LoadImaged``'s.
+    """
+
+    def __init__(self, keys: KeysCollection, reader: Any = None, *args: Any, **kwargs: Any) -> None:
+        super().__init__(keys, reader, *args, **kwargs)
+        if reader is None:
+            self._loader.register(DicomSeriesReader())
 
     def __call__(self, data: Mapping[Hashable, Any], reader: Any = None) -> dict[Hashable, Any]:
         for key in self.key_iterator(dict(data)):
@@ -31,6 +45,8 @@ class LoadVolumed(LoadImaged):
                 raise VolumeError(f"{path}: file not found.")
         try:
             return super().__call__(data, reader)
+        except VolumeError:
+            raise
         except Exception as exc:
             names = ", ".join(str(data[k]) for k in self.key_iterator(dict(data)))
             raise VolumeError(f"{names}: cannot be read ({type(exc).__name__}: {exc}).") from exc
@@ -91,3 +107,15 @@ class AboveThreshold:
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         return image > self.threshold
+
+
+def volume_name_formatter(metadict: Mapping[str, Any] | None, saver: Any) -> dict[str, Any]:
+    """``output_name_formatter`` for ``SaveImage(d)`` that names an output after its input's
+    :func:`voco_components.utils.volume_stem`: a DICOM series folder ``/data/1.2.840.113619.2.55`` gives
+    ``1.2.840.113619.2.55_seg.nii.gz`` (MONAI's default takes the folder's last ``.55`` for a file ending and
+    drops it); files are named as by MONAI's default (``case_01.nii.gz`` -> ``case_01_seg.nii.gz``)."""
+    source = (metadict or {}).get(ImageMetaKey.FILENAME_OR_OBJ)
+    if not isinstance(source, (str, Path)) or not str(source):
+        return default_name_formatter(metadict, saver)
+    subject = Path(source).parent / f"{volume_stem(source)}.nii.gz"  # the ending MONAI strips again
+    return {"subject": str(subject), "idx": (metadict or {}).get(ImageMetaKey.PATCH_INDEX)}

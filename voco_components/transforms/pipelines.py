@@ -34,9 +34,9 @@ def ct_preprocessing(
 ) -> Compose:
     """Load -> check -> RAS -> resample to ``spacing`` -> HU window to [0, 1] -> crop foreground [-> resize].
 
-    Images are read with :class:`LoadVolumed` (errors name the file) and checked with
-    :class:`CheckVolumed` (channel-first 3D, finite voxels unless ``allow_non_finite``); labels in
-    ``label_keys`` are resampled with nearest neighbour and cropped with the image. The foreground
+    Images (volume files or DICOM series folders) are read with :class:`LoadVolumed` (errors name the file or
+    folder) and checked with :class:`CheckVolumed` (channel-first 3D, finite voxels unless ``allow_non_finite``);
+    labels in ``label_keys`` are resampled with nearest neighbour and cropped with the image. The foreground
     is the box of voxels above ``foreground_threshold`` after windowing (0: HU above the window's
     lower bound); it is checked against ``min_foreground_size``. With ``spatial_size``, images are
     finally resized (trilinear) to it, e.g. to the VoCo sampling grid so that a cache stores it.
