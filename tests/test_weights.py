@@ -131,3 +131,39 @@ def test_four_channel_mri_from_a_ct_checkpoint(tmp_path, encoder_state, policy):
     assert torch.equal(
         state["swinViT.layers1.0.blocks.0.attn.qkv.weight"], encoder_state["swinViT.layers1.0.blocks.0.attn.qkv.weight"]
     )
+
+
+def test_normalise_keeps_the_authors_projection_heads_apart_from_the_backbone():
+    """VoCoHead: ``backbone.*`` beside ``student.*``/``teacher.*`` heads; the heads keep their names (and the teacher
+    head is not mistaken for the teacher half of a pair), the backbone loses its prefix."""
+    t = torch.ones(1)
+    state = {
+        "backbone.swinViT.a": t,
+        "backbone.encoder1.b": t,
+        "student.layer1.0.weight": t,
+        "teacher.layer1.0.weight": t,
+    }
+    assert set(normalise_state_dict({"network_weights": {f"module.{k}": v for k, v in state.items()}})) == {
+        "swinViT.a",
+        "encoder1.b",
+        "student.layer1.0.weight",
+        "teacher.layer1.0.weight",
+    }
+
+
+def test_a_swin_transformer_saved_alone_loads_by_path(tmp_path):
+    """SwinUNETR's self-supervised layout: ``module.`` + the SwinTransformer's names with ``mlp.fc1``/``fc2``."""
+    torch.manual_seed(2)
+    source = {k: v for k, v in swin().state_dict().items() if k.startswith("swinViT.")}
+    layout = {
+        "module."
+        + k.removeprefix("swinViT.").replace(".mlp.linear1.", ".mlp.fc1.").replace(".mlp.linear2.", ".mlp.fc2."): v
+        for k, v in source.items()
+    }
+    assert any(".mlp.fc2." in k for k in layout)
+    path = tmp_path / "model_swinvit.pt"
+    torch.save({"state_dict": {**layout, "module.rotation_head.weight": torch.ones(4, 2)}}, path)
+    net = swin()
+    report = load_pretrained(net, path)
+    assert report.encoder_fraction == 1.0 and report.unexpected == ["rotation_head.weight"]
+    assert all(torch.equal(net.state_dict()[k], v) for k, v in source.items())

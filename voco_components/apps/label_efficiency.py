@@ -36,6 +36,7 @@ from voco_components.evaluation.label_splits import (
 from voco_components.evaluation.paired_stats import bootstrap_ci, holm, mean_sd, sign_flip_test
 from voco_components.evaluation.probes import LogisticRegressionProbe, accuracy, balanced_accuracy, knn_predict
 from voco_components.networks.encoders import pool_and_concat
+from voco_components.networks.pretrained_registry import check_architecture, fetch_pretrained, find_pretrained
 from voco_components.networks.weights import load_pretrained
 from voco_components.utils import atomic_save, atomic_save_text
 
@@ -116,13 +117,14 @@ def load_protocol(path: str | Path, init_paths: dict[str, str] | None = None) ->
     ``datalist`` (default ``<dataset_dir>/datalist.json``), ``fold`` (classification: the k-fold datalist's
     held-out fold is the fixed test set, the other folds are the pool; null: the ``training`` list is the
     pool and ``validation`` the test set, as for segmentation), ``configs`` (the bundle configs under
-    ``configs/``, merged in order), ``overrides`` (bundle ids for every run), ``inits`` (name -> encoder
-    checkpoint, ``scratch`` -> null), ``probes``, ``budgets`` with ``budget_unit`` (``volumes``,
-    ``patients_per_class`` or ``fraction``), ``stratify``, ``split_seeds``, ``train_seeds``, ``steps``
+    ``configs/``, merged in order), ``overrides`` (bundle ids for every run, ``weights_cache`` among them),
+    ``inits`` (name -> encoder checkpoint or the name of a published encoder such as ``voco_b``, ``scratch`` ->
+    null), ``probes``, ``budgets`` with ``budget_unit`` (``volumes``, ``patients_per_class`` or ``fraction``),
+    ``stratify``, ``split_seeds``, ``train_seeds``, ``steps``
     (probe -> training steps, for the trained probes), ``knn_k``, ``linear_weight_decay`` and
     ``make_missing`` (init -> a command, an argument list whose ``python`` means this interpreter, that
     writes its checkpoint when it is missing).
-    ``init_paths`` replace checkpoints of the file (``--init name=path``).
+    ``init_paths`` replace checkpoints of the file (``--init name=path``, or ``--init name=voco_b``).
     """
     source = str(path)
     raw = read_json(path, "label-efficiency protocol")
@@ -234,11 +236,28 @@ def file_sha256(path: Path) -> str:
 
 
 def resolve_inits(p: Protocol) -> dict[str, dict[str, Any]]:
-    """Init name -> ``{"path", "sha256"}`` (None for scratch), running ``make_missing`` for an absent checkpoint."""
+    """Init name -> ``{"path", "sha256", "pretrained"}`` (None for scratch), running ``make_missing`` for an absent
+    checkpoint.
+
+    ``pretrained`` is what the bundle and the feature extraction load: the absolute path of a checkpoint, or the
+    name of a published encoder, which is checked against the bundle's network settings and downloaded here
+    into the protocol's ``weights_cache`` (its ``path`` is the cached file).
+    """
     resolved: dict[str, dict[str, Any]] = {}
     for name, path in p.inits.items():
         if path is None:
-            resolved[name] = {"path": None, "sha256": None}
+            resolved[name] = {"path": None, "sha256": None, "pretrained": None}
+            continue
+        entry = find_pretrained(path)
+        if entry is not None:
+            config = _parser(p, _bundle_configs(p), p.overrides)
+            settings = {key: config.get_parsed_content(key) for key in ("feature_size", "use_v2", "window_size")}
+            try:
+                check_architecture(entry, **settings)
+            except ValueError as error:
+                raise _fail(p.source, f"init {name!r}: {error}") from error
+            cached = fetch_pretrained(entry, config.get_parsed_content("weights_cache"))
+            resolved[name] = {"path": str(cached), "sha256": file_sha256(cached), "pretrained": entry.name}
             continue
         checkpoint = Path(path)
         if not checkpoint.is_file() and name in p.make_missing:
@@ -248,7 +267,8 @@ def resolve_inits(p: Protocol) -> dict[str, dict[str, Any]]:
             subprocess.run(command, check=True)
         if not checkpoint.is_file():
             raise FileNotFoundError(f"{p.source}: init {name!r}: checkpoint {checkpoint} not found.")
-        resolved[name] = {"path": str(checkpoint.resolve()), "sha256": file_sha256(checkpoint)}
+        absolute = str(checkpoint.resolve())
+        resolved[name] = {"path": absolute, "sha256": file_sha256(checkpoint), "pretrained": absolute}
     return resolved
 
 
@@ -325,7 +345,12 @@ class FeatureCache:
     def _network(self, init: str, train_seed: int, parser: ConfigParser) -> torch.nn.Module:
         torch.manual_seed(train_seed)
         network = parser.get_parsed_content("network_def", instantiate=True, lazy=False)
-        load_pretrained(network, self.inits[init]["path"], min_encoder_fraction=parser["pretrained_min_fraction"])
+        load_pretrained(
+            network,
+            self.inits[init]["pretrained"],
+            min_encoder_fraction=parser["pretrained_min_fraction"],
+            weights_cache=parser.get_parsed_content("weights_cache"),
+        )
         return network.eval()
 
     def prepare(self, wanted: list[tuple[str, int]]) -> None:
@@ -447,7 +472,7 @@ def run_bundle_probe(
     run: Run,
     folder: Path,
     dataset_dir: Path,
-    init_path: str | None,
+    pretrained: str | None,
     train: list[dict[str, Any]],
     test: list[dict[str, Any]],
     cache_dir: Path,
@@ -472,7 +497,7 @@ def run_bundle_probe(
         "export_path": str(folder / "model.pt"),
         "dataset_dir": str(dataset_dir),
         "datalist": str(datalist),
-        "pretrained": init_path,
+        "pretrained": pretrained,
         "seed": run.train_seed,
         "max_epochs": 1,
         "epoch_length": steps,
@@ -564,7 +589,7 @@ def _run_one(
         chosen = set(train_images)
         train = [e for e in pool if e["image"] in chosen]
         rows, settings = run_bundle_probe(
-            p, run, folder, dataset_dir, inits[run.init]["path"], train, test, out / "cache"
+            p, run, folder, dataset_dir, inits[run.init]["pretrained"], train, test, out / "cache"
         )
     result = {
         "run": run.__dict__,
@@ -754,7 +779,7 @@ def summarize(out: str | Path) -> Path:
 def _init_path(text: str) -> tuple[str, str]:
     name, sep, path = text.partition("=")
     if not sep or not name or not path:
-        raise argparse.ArgumentTypeError(f"--init takes NAME=PATH, got {text!r}.")
+        raise argparse.ArgumentTypeError(f"--init takes NAME=PATH or NAME=<published encoder>, got {text!r}.")
     return name, path
 
 
@@ -765,7 +790,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     run = commands.add_parser("run", help="run the protocol's unfinished cells and write results.csv")
     run.add_argument("--config", required=True, help="protocol JSON file")
     run.add_argument("--out", required=True, help="output folder (resumable)")
-    run.add_argument("--init", action="append", type=_init_path, default=[], help="NAME=PATH: replace a checkpoint")
+    run.add_argument(
+        "--init",
+        action="append",
+        type=_init_path,
+        default=[],
+        help="NAME=PATH or NAME=voco_b (a published encoder): replace a checkpoint",
+    )
     summary = commands.add_parser("summarize", help="write table.md and curve.png from results.csv")
     summary.add_argument("out", help="output folder of a run")
     args = parser.parse_args(argv)

@@ -1,5 +1,5 @@
-"""Encoders with SwinUNETR's key names, the VoCo projector, SDPA window attention, freezing, and the
-pretrained-weight loader."""
+"""Encoders with SwinUNETR's key names, the VoCo projector, SDPA window attention, freezing, the
+pretrained-weight loader and the registry of published encoders."""
 
 from .attention import (
     ATTENTION_KINDS,
@@ -12,8 +12,29 @@ from .attention import (
     swin_unetr,
     window_attention,
 )
-from .encoders import SwinClassifier, SwinEncoder, SwinLinearProbe, UNetEncoder, pool_and_concat, probe_features
+from .encoders import (
+    SWIN_ENCODER_BLOCKS,
+    SwinClassifier,
+    SwinEncoder,
+    SwinLinearProbe,
+    UNetEncoder,
+    pool_and_concat,
+    probe_features,
+)
 from .freezing import freeze
+from .pretrained_registry import (
+    PRETRAINED_WEIGHTS,
+    WEIGHTS_CACHE_ENV,
+    WEIGHTS_REGISTRY_ENV,
+    PretrainedWeights,
+    check_architecture,
+    default_weights_cache,
+    fetch_pretrained,
+    find_pretrained,
+    pretrained_entries,
+    register,
+    swin_architecture,
+)
 from .voco_net import ProjectionHead, VoCoNet, VoCoTeacherStudent
 from .weights import LoadReport, adapt_input_channels, load_pretrained, normalise_state_dict
 
@@ -27,6 +48,7 @@ __all__ = [
     "shifted_window_mask",
     "swin_unetr",
     "window_attention",
+    "SWIN_ENCODER_BLOCKS",
     "SwinClassifier",
     "SwinEncoder",
     "SwinLinearProbe",
@@ -37,6 +59,17 @@ __all__ = [
     "ProjectionHead",
     "VoCoNet",
     "VoCoTeacherStudent",
+    "PRETRAINED_WEIGHTS",
+    "WEIGHTS_CACHE_ENV",
+    "WEIGHTS_REGISTRY_ENV",
+    "PretrainedWeights",
+    "check_architecture",
+    "default_weights_cache",
+    "fetch_pretrained",
+    "find_pretrained",
+    "pretrained_entries",
+    "register",
+    "swin_architecture",
     "LoadReport",
     "adapt_input_channels",
     "load_pretrained",

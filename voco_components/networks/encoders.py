@@ -16,6 +16,7 @@ from voco_components.networks.attention import set_window_attention
 from voco_components.networks.freezing import freeze
 
 __all__ = [
+    "SWIN_ENCODER_BLOCKS",
     "pool_and_concat",
     "probe_features",
     "SwinEncoder",
@@ -23,6 +24,10 @@ __all__ = [
     "SwinLinearProbe",
     "UNetEncoder",
 ]
+
+SWIN_ENCODER_BLOCKS = ("swinViT", "encoder1", "encoder2", "encoder3", "encoder4", "encoder10")
+"""The encoder modules of MONAI's ``SwinUNETR`` (and of :class:`SwinEncoder` when ``multiscale``): the Swin
+transformer and the five residual convolution blocks on the input and on its hidden states 0, 1, 2 and 4."""
 
 
 def pool_and_concat(feature_maps: list[torch.Tensor]) -> torch.Tensor:
