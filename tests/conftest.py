@@ -50,6 +50,17 @@ PRETRAIN_TINY = {
 }
 
 
+# preprocessing settings of a small prepared volume cache (tests of the cache and of DICOM series in it)
+CACHE_SETTINGS = {
+    "spacing": [3.0, 3.0, 5.0],
+    "hu_range": [-175.0, 250.0],
+    "foreground_threshold": 0.0,
+    "min_foreground_size": [4, 4, 2],
+    "spatial_size": [32, 32, 16],
+    "allow_non_finite": False,
+}
+
+
 def write_ct(path: Path, shape=(80, 80, 24), spacing=(1.5, 1.5, 5.0), seed: int = 0) -> Path:
     """A CT-like int16 NIfTI: air, a soft-tissue body ellipse, two lungs and a bone, plus noise."""
     rng = np.random.default_rng(seed)

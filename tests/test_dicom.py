@@ -19,6 +19,7 @@ import torch
 from monai.data.utils import create_file_basename
 from monai.transforms import LoadImage
 
+from conftest import CACHE_SETTINGS as SETTINGS
 from conftest import PRETRAIN_TINY, DicomCT, bundle_workflow, run_bundle_cli, write_dicom_ct, write_dicom_series
 from voco_components.apps.demo import DEMO_DIR
 from voco_components.data.datalists import load_datalists, volume_files
@@ -236,16 +237,6 @@ def test_the_cache_keys_change_when_a_slice_changes(dicom_cts, tmp_path):
     assert touched != stat and hash_entry_and_files(entry) != key
     first.unlink()
     assert source_stat(folder) not in (stat, touched)
-
-
-SETTINGS = {
-    "spacing": [3.0, 3.0, 5.0],
-    "hu_range": [-175.0, 250.0],
-    "foreground_threshold": 0.0,
-    "min_foreground_size": [4, 4, 2],
-    "spatial_size": [32, 32, 16],
-    "allow_non_finite": False,
-}
 
 
 def test_prepare_caches_a_series_as_it_caches_its_nifti_and_again_when_a_slice_changes(dicom_cts, tmp_path):

@@ -15,6 +15,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from conftest import CACHE_SETTINGS as SETTINGS
 from conftest import PRETRAIN_TINY, bundle_workflow, run_bundle_cli, write_ct
 from voco_components.apps.demo import DEMO_DATALIST
 from voco_components.data.dataset import PreparedVolumes, ResumableDistributedSampler, VoCoStepDataset
@@ -36,14 +37,6 @@ from voco_components.transforms.crops import VoCoCropd
 from voco_components.transforms.pipelines import ct_preprocessing
 from voco_components.utils import VolumeError
 
-SETTINGS = {
-    "spacing": [3.0, 3.0, 5.0],
-    "hu_range": [-175.0, 250.0],
-    "foreground_threshold": 0.0,
-    "min_foreground_size": [4, 4, 2],
-    "spatial_size": [32, 32, 16],
-    "allow_non_finite": False,
-}
 HALF_STEP = 1 / 510
 
 
