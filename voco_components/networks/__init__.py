@@ -1,5 +1,5 @@
-"""Encoders with SwinUNETR's key names, the VoCo projector, SDPA window attention, freezing, and the
-pretrained-weight loader."""
+"""Encoders with SwinUNETR's key names, the VoCo projector, the baseline methods' networks (SimMIM, Swin UNETR's
+self-supervised heads, SimCLR), SDPA window attention, freezing, and the pretrained-weight loader."""
 
 from .attention import (
     ATTENTION_KINDS,
@@ -14,6 +14,9 @@ from .attention import (
 )
 from .encoders import SwinClassifier, SwinEncoder, SwinLinearProbe, UNetEncoder, pool_and_concat, probe_features
 from .freezing import freeze
+from .simclr import MLPProjector, SimCLRNet
+from .simmim import SimMIMNet
+from .swin_ssl import ReconstructionHead, SwinSSLNet
 from .voco_net import ProjectionHead, VoCoNet, VoCoTeacherStudent
 from .weights import LoadReport, adapt_input_channels, load_pretrained, normalise_state_dict
 
@@ -34,6 +37,11 @@ __all__ = [
     "pool_and_concat",
     "probe_features",
     "freeze",
+    "MLPProjector",
+    "SimCLRNet",
+    "SimMIMNet",
+    "ReconstructionHead",
+    "SwinSSLNet",
     "ProjectionHead",
     "VoCoNet",
     "VoCoTeacherStudent",
