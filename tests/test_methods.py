@@ -381,3 +381,17 @@ def test_method_overlays_leave_the_shared_data_path_to_train_json():
         overlay = json.loads((BUNDLES / "voco_pretrain" / "configs" / METHODS[name].overlay).read_text())
         assert overlay["method"] == overlay["method_parts"] == name
         assert not shared & set(overlay)
+
+
+@pytest.mark.slow
+def test_simclr_trains_under_ddp_with_two_processes_and_gathers_its_negatives(tmp_path):
+    """multi_gpu_train.json + methods/simclr.json under torchrun on CPU (gloo): the NT-Xent of each rank gathers the
+    views of both ranks (torch.distributed.nn.all_gather), trains, checkpoints and exports from rank 0."""
+    overrides = {**PRETRAIN_TINY, "bundle_root": str(tmp_path), "max_steps": 2, "val_every_steps": 2}
+    configs = ["train.json", "multi_gpu_train.json", "methods/simclr.json"]
+    result = run_bundle_cli("voco_pretrain", configs, overrides, processes=2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    assert state and all(k.startswith("swinViT.") for k in state)
+    assert json.loads((tmp_path / "models" / "model.json").read_text())["method"] == "simclr"
+    assert json.loads((tmp_path / "outputs" / "cost.json").read_text())["world_size"] == 2
