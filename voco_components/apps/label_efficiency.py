@@ -49,6 +49,13 @@ __all__ = [
     "make_splits",
     "run_protocol",
     "summarize",
+    "read_results",
+    "summary_table",
+    "table_markdown",
+    "draw_curve",
+    "plot_curve",
+    "save_figure",
+    "pyplot",
     "main",
 ]
 
@@ -651,7 +658,8 @@ def run_protocol(protocol: str | Path, out: str | Path, init_paths: dict[str, st
 # ---------------------------------------------------------------- summary
 
 
-def _read_results(path: Path) -> list[dict[str, Any]]:
+def read_results(path: Path) -> list[dict[str, Any]]:
+    """The rows of a ``results.csv`` (:data:`RESULT_COLUMNS`)."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no results; run `python -m voco_components.apps.label_efficiency run` first.")
     with open(path) as handle:
@@ -661,13 +669,15 @@ def _read_results(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def summary_table(rows: list[dict[str, Any]], num_resamples: int = 10000, seed: int = 0) -> list[dict[str, Any]]:
+def summary_table(
+    rows: list[dict[str, Any]], num_resamples: int = 10000, seed: int = 0, baseline: str = SCRATCH
+) -> list[dict[str, Any]]:
     """Per metric, init, probe and budget (run-level rows, case and class ``all``): the statistics over seeds.
 
     Each entry: ``n``, ``mean``, ``sd``, ``ci_low``/``ci_high`` (:func:`bootstrap_ci`), and for an init other
-    than ``scratch`` the paired difference from ``scratch`` (same probe, budget, split seed and train seed):
-    ``n_pairs``, ``diff``, ``p`` (:func:`sign_flip_test`) and ``p_holm`` (:func:`holm` across the budgets of
-    that metric, init and probe).
+    than ``baseline`` (``scratch`` by default) the paired difference from ``baseline`` (same probe, budget, split
+    seed and train seed): ``n_pairs``, ``diff``, ``p`` (:func:`sign_flip_test`) and ``p_holm`` (:func:`holm` across
+    the budgets of that metric, init and probe).
     """
     cells: dict[tuple, dict[tuple[int, int], float]] = {}
     for row in rows:
@@ -680,10 +690,10 @@ def summary_table(rows: list[dict[str, Any]], num_resamples: int = 10000, seed: 
         low, high = bootstrap_ci(list(values.values()), num_resamples=num_resamples, seed=seed)
         entry = {"metric": metric, "init": init, "probe": probe, "budget": budget, "n": len(values)}
         entry.update(mean=mean, sd=sd, ci_low=low, ci_high=high, n_pairs=0, diff=float("nan"), p=float("nan"))
-        baseline = cells.get((metric, SCRATCH, probe, budget))
-        if init != SCRATCH and baseline:
-            pairs = sorted(set(values) & set(baseline))
-            differences = [values[k] - baseline[k] for k in pairs]
+        reference = cells.get((metric, baseline, probe, budget))
+        if init != baseline and reference:
+            pairs = sorted(set(values) & set(reference))
+            differences = [values[k] - reference[k] for k in pairs]
             if differences:
                 entry.update(n_pairs=len(pairs), diff=float(np.mean(differences)), p=sign_flip_test(differences))
         table.append(entry)
@@ -726,8 +736,8 @@ def table_markdown(table: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_curve(table: list[dict[str, Any]], metric: str, path: Path, unit: str = "labelled volumes") -> None:
-    """``metric`` against budget, one line per init and probe with its 95 % CI band, saved to ``path``."""
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the Agg backend; an ImportError says how to install it."""
     try:
         import matplotlib
 
@@ -737,7 +747,11 @@ def plot_curve(table: list[dict[str, Any]], metric: str, path: Path, unit: str =
         raise ImportError(
             "summarize draws curve.png with matplotlib, a development extra: pip install -e '.[dev]' (or matplotlib)."
         ) from exc
-    figure, axes = plt.subplots(figsize=(6, 4))
+    return plt
+
+
+def draw_curve(axes: Any, table: list[dict[str, Any]], metric: str, unit: str = "labelled volumes") -> None:
+    """``metric`` against budget on ``axes``, one line per init and probe with its 95 % CI band."""
     for init, probe in dict.fromkeys((e["init"], e["probe"]) for e in table if e["metric"] == metric):
         cells = [e for e in table if (e["metric"], e["init"], e["probe"]) == (metric, init, probe)]
         x = [float(e["budget"]) for e in cells]
@@ -752,16 +766,28 @@ def plot_curve(table: list[dict[str, Any]], metric: str, path: Path, unit: str =
     axes.set_ylabel(metric)
     axes.legend(fontsize=8)
     axes.grid(alpha=0.3)
+
+
+def save_figure(figure: Any, path: Path) -> None:
+    """Save a matplotlib figure to ``path`` atomically (a temporary file, then a rename) and close it."""
+    plt = pyplot()
     figure.tight_layout()
     figure.savefig(path.with_suffix(".tmp.png"), dpi=100)
     plt.close(figure)
     path.with_suffix(".tmp.png").replace(path)
 
 
+def plot_curve(table: list[dict[str, Any]], metric: str, path: Path, unit: str = "labelled volumes") -> None:
+    """``metric`` against budget, one line per init and probe with its 95 % CI band, saved to ``path``."""
+    figure, axes = pyplot().subplots(figsize=(6, 4))
+    draw_curve(axes, table, metric, unit)
+    save_figure(figure, path)
+
+
 def summarize(out: str | Path) -> Path:
     """Write ``<out>/table.md`` and ``<out>/curve.png`` from ``<out>/results.csv``; returns the table's path."""
     out = Path(out)
-    rows = _read_results(out / "results.csv")
+    rows = read_results(out / "results.csv")
     table = summary_table(rows)
     if not table:
         raise ValueError(f"{out / 'results.csv'}: no run-level rows (case and class 'all').")

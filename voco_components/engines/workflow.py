@@ -16,6 +16,7 @@ from voco_components.variants import get_variant
 
 __all__ = [
     "epochs_for",
+    "at_least_float32",
     "split_crop_features",
     "VoCoPrepareBatch",
     "VoCoCriterion",
@@ -99,7 +100,7 @@ class VoCoPrepareBatch(PrepareBatch):
         return inputs, labels.to(device=device, non_blocking=non_blocking, **kwargs)
 
 
-def _at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
+def at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
     """16-bit floating tensors cast to float32; float32 and float64 as they are."""
     return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
 
@@ -130,7 +131,7 @@ class VoCoCriterion(nn.Module):
 
     def forward(self, output: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         with torch.autocast(output.device.type, enabled=False):
-            return self._loss(_at_least_float32(output), _at_least_float32(labels))
+            return self._loss(at_least_float32(output), at_least_float32(labels))
 
     def _loss(self, output: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if not self.variant.uses_teacher:

@@ -1,5 +1,5 @@
 """Every Ignite handler of the bundles: checkpoints, last step, EMA teacher, loss terms, GradScaler, export,
-online probe, and the Dice, classification and feature writers."""
+online probe, training cost, and the Dice, classification and feature writers."""
 
 from .checkpoint import BestMetricSaver, ResumeHandler, StepCheckpointSaver
 from .classification import ClassificationReport, ProbabilityWriter, write_probabilities
@@ -11,6 +11,7 @@ from .grad_scaler import GradScalerHandler
 from .last_step import LastStepHandler
 from .loss_terms import LossTermsHandler
 from .online_probe import OnlineProbeHandler
+from .training_cost import TrainingCostHandler, crops_in, peak_memory_mib
 
 __all__ = [
     "BestMetricSaver",
@@ -28,4 +29,7 @@ __all__ = [
     "LastStepHandler",
     "LossTermsHandler",
     "OnlineProbeHandler",
+    "TrainingCostHandler",
+    "crops_in",
+    "peak_memory_mib",
 ]

@@ -210,17 +210,22 @@ class BestMetricSaver:
     Args:
         save_dir: folder of the checkpoint.
         network: the module to save (DDP unwrapped).
-        metric_name: key of ``evaluator.state.metrics``; higher is better.
+        metric_name: key of ``evaluator.state.metrics``.
+        mode: ``max`` (higher is better, e.g. a top-1) or ``min`` (lower is better, e.g. a reconstruction error).
     """
 
-    def __init__(self, save_dir: str | Path, network: torch.nn.Module, metric_name: str) -> None:
+    def __init__(self, save_dir: str | Path, network: torch.nn.Module, metric_name: str, mode: str = "max") -> None:
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}.")
         self.save_dir = Path(save_dir)
         self.network = network
         self.metric_name = metric_name
+        self.sign = 1.0 if mode == "max" else -1.0
 
     def _best_so_far(self) -> float:
+        """The best score so far, signed so that higher is better."""
         record = self.save_dir / "checkpoint_best.json"
-        return float(json.loads(record.read_text())["score"]) if record.is_file() else -math.inf
+        return self.sign * float(json.loads(record.read_text())["score"]) if record.is_file() else -math.inf
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.COMPLETED, self)
@@ -232,7 +237,7 @@ class BestMetricSaver:
         if not math.isfinite(score):
             logger.warning(f"{self.metric_name} is {score}: not a candidate for the best checkpoint.")
             return
-        if score <= self._best_so_far():
+        if self.sign * score <= self._best_so_far():
             return
         atomic_save({"network": unwrap_ddp(self.network).state_dict()}, self.save_dir / "checkpoint_best.pt")
         record = {"metric": self.metric_name, "score": score, "epoch": engine.state.epoch}

@@ -1,4 +1,5 @@
-"""Metrics: VoCo position prediction, per-class Dice, one-vs-rest AUC and the confusion matrix."""
+"""Metrics: VoCo position prediction, the baseline methods' pretext metrics, per-class Dice, one-vs-rest AUC and the
+confusion matrix."""
 
 from .classification import confusion_matrix, one_vs_rest_auc
 from .dice import PerClassDice
@@ -14,6 +15,7 @@ from .position import (
     position_auc,
     top1_hits,
 )
+from .pretext import MaskedL1, RotationAccuracy, ViewMatchingTop1, prediction_and_target, view_matching_top1
 
 __all__ = [
     "confusion_matrix",
@@ -29,4 +31,9 @@ __all__ = [
     "effective_rank",
     "position_auc",
     "top1_hits",
+    "MaskedL1",
+    "RotationAccuracy",
+    "ViewMatchingTop1",
+    "prediction_and_target",
+    "view_matching_top1",
 ]

@@ -1,5 +1,6 @@
-"""Encoders with SwinUNETR's key names, the VoCo projector, SDPA window attention, freezing, the
-pretrained-weight loader and the registry of published encoders."""
+"""Encoders with SwinUNETR's key names, the VoCo projector, the baseline methods' networks (SimMIM, Swin UNETR's
+self-supervised heads, SimCLR), SDPA window attention, freezing, the pretrained-weight loader and the registry of
+published encoders."""
 
 from .attention import (
     ATTENTION_KINDS,
@@ -35,6 +36,9 @@ from .pretrained_registry import (
     register,
     swin_architecture,
 )
+from .simclr import MLPProjector, SimCLRNet
+from .simmim import SimMIMNet
+from .swin_ssl import ReconstructionHead, SwinSSLNet
 from .voco_net import ProjectionHead, VoCoNet, VoCoTeacherStudent
 from .weights import LoadReport, adapt_input_channels, load_pretrained, normalise_state_dict
 
@@ -56,6 +60,11 @@ __all__ = [
     "pool_and_concat",
     "probe_features",
     "freeze",
+    "MLPProjector",
+    "SimCLRNet",
+    "SimMIMNet",
+    "ReconstructionHead",
+    "SwinSSLNet",
     "ProjectionHead",
     "VoCoNet",
     "VoCoTeacherStudent",

@@ -1,5 +1,5 @@
-"""The VoCo crops and position labels, volume loading (files and DICOM series) and checks, and the CT preprocessing
-pipelines."""
+"""The VoCo crops and position labels, the baseline methods' masks and views, volume loading (files and DICOM
+series) and checks, and the CT preprocessing pipelines."""
 
 from .crops import VoCoCropd
 from .dicom import (
@@ -14,7 +14,9 @@ from .dicom import (
 )
 from .io import AboveThreshold, CheckVolumed, LoadVolumed, volume_name_formatter
 from .labels import base_boxes, position_labels
+from .masking import MaskedCropsd, expand_mask, random_unit_mask, unit_grid
 from .pipelines import ct_preprocessing, mri_preprocessing
+from .views import OverlappingViewsd, RotationCutoutViewsd, crop_at, positive_triple, random_starts, volume_tensor
 
 __all__ = [
     "VoCoCropd",
@@ -32,6 +34,16 @@ __all__ = [
     "volume_name_formatter",
     "base_boxes",
     "position_labels",
+    "MaskedCropsd",
+    "expand_mask",
+    "random_unit_mask",
+    "unit_grid",
     "ct_preprocessing",
     "mri_preprocessing",
+    "OverlappingViewsd",
+    "RotationCutoutViewsd",
+    "crop_at",
+    "positive_triple",
+    "random_starts",
+    "volume_tensor",
 ]
