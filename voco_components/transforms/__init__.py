@@ -2,7 +2,7 @@
 
 from .crops import VoCoCropd
 from .io import AboveThreshold, CheckVolumed, LoadVolumed
-from .labels import base_boxes, position_labels
+from .labels import SPATIAL_DIMS, base_boxes, position_labels, spatial_sizes
 from .pipelines import ct_preprocessing, mri_preprocessing
 
 __all__ = [
@@ -10,8 +10,10 @@ __all__ = [
     "AboveThreshold",
     "CheckVolumed",
     "LoadVolumed",
+    "SPATIAL_DIMS",
     "base_boxes",
     "position_labels",
+    "spatial_sizes",
     "ct_preprocessing",
     "mri_preprocessing",
 ]
