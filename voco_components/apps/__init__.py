@@ -1,3 +1,3 @@
-"""Applications on top of the library: dataset converters (CC-CCII), the embedded and synthetic demo data,
+"""Applications on top of the library: dataset converters (CC-CCII, ChestX-ray14), the embedded and synthetic demo data,
 Model Zoo packaging, and the label-efficiency runner. Modules here are imported by name (several are
 command-line programs): ``python -m voco_components.apps.ccii``."""
