@@ -21,29 +21,30 @@ __all__ = [
 ]
 
 
-def _is_volume(path: Path) -> bool:
-    return path.is_file() and path.name.lower().endswith(VOLUME_SUFFIXES)
+def _is_volume(path: Path, suffixes: Sequence[str] = VOLUME_SUFFIXES) -> bool:
+    return path.is_file() and path.name.lower().endswith(tuple(suffixes))
 
 
-def volume_files(source: str | Path) -> list[str] | None:
+def volume_files(source: str | Path, suffixes: Sequence[str] = VOLUME_SUFFIXES) -> list[str] | None:
     """The volumes a folder or a glob pattern names, as sorted absolute paths; None for any other ``source``.
 
     A folder gives every NIfTI (``.nii``, ``.nii.gz``), NRRD (``.nrrd``) and MetaImage (``.mha``, ``.mhd``)
     file directly in it; a glob pattern (``*``, ``?``, ``[...]``; ``**`` spans folders) the volume files it
-    matches; a path to one volume file, that file. Anything else (a JSON datalist) gives None.
+    matches; a path to one volume file, that file. Anything else (a JSON datalist) gives None. ``suffixes``
+    names other file endings, e.g. :data:`voco_components.utils.RADIOGRAPH_SUFFIXES` for 2D images.
 
     Raises:
         ValueError: a folder or pattern that holds no volume file; the message names it.
     """
     path = Path(source)
     if path.is_dir():
-        found = [p for p in path.iterdir() if _is_volume(p)]
-        where = f"{path}: no volume files ({', '.join(VOLUME_SUFFIXES)}) in this folder."
-    elif _is_volume(path):
+        found = [p for p in path.iterdir() if _is_volume(p, suffixes)]
+        where = f"{path}: no volume files ({', '.join(suffixes)}) in this folder."
+    elif _is_volume(path, suffixes):
         found = [path]
     elif not path.exists() and glob.has_magic(str(source)):
-        found = [p for p in map(Path, glob.glob(str(source), recursive=True)) if _is_volume(p)]
-        where = f"{source}: the pattern matches no volume files ({', '.join(VOLUME_SUFFIXES)})."
+        found = [p for p in map(Path, glob.glob(str(source), recursive=True)) if _is_volume(p, suffixes)]
+        where = f"{source}: the pattern matches no volume files ({', '.join(suffixes)})."
     else:
         return None
     if not found:
@@ -93,7 +94,10 @@ def _json_entries(path: Path, base: Path, key: str) -> list[dict[str, Any]]:
 
 
 def load_datalists(
-    datalist: str | Path | Sequence[str | Path], dataset_dir: str | Path, key: str = "training"
+    datalist: str | Path | Sequence[str | Path],
+    dataset_dir: str | Path,
+    key: str = "training",
+    suffixes: Sequence[str] = VOLUME_SUFFIXES,
 ) -> list[dict[str, Any]]:
     """The entries of one or several datalists, merged in order.
 
@@ -107,6 +111,7 @@ def load_datalists(
             there resolves beside its JSON file instead (the demo's organ datalist keeps working when
             ``dataset_dir`` points at the user's data).
         key: the list to read from each JSON file, e.g. ``training``, ``validation`` or ``testing``.
+        suffixes: the file endings a folder or pattern takes (:func:`volume_files`).
 
     Returns:
         dicts (a bare path entry becomes ``{"image": path}``) with absolute ``image``/``label`` paths.
@@ -121,7 +126,7 @@ def load_datalists(
         raise ValueError("datalist is empty: give at least one datalist JSON file, folder or glob pattern.")
     merged: list[dict[str, Any]] = []
     for source in sources:
-        volumes = volume_files(source)
+        volumes = volume_files(source, suffixes)
         if volumes is None:
             merged.extend(_json_entries(Path(source), Path(dataset_dir), key))
         else:
