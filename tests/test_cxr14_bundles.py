@@ -116,6 +116,8 @@ def test_2d_pretraining_reads_the_pretraining_part_and_holds_out_fine_tuning_val
 @pytest.mark.slow
 def test_2d_pretraining_resumes_exactly_after_a_kill(tmp_path, demo):
     settings = {**TINY_PRETRAIN, "dataset_dir": str(demo), "max_steps": 4, "val_every_steps": 4}
+    # where the shared resume check looks for the checkpoints and the export
+    settings.update(output_dir="$@bundle_root + '/outputs'", export_path="$@bundle_root + '/models/model.pt'")
     assert_resumes_exactly(tmp_path, "voco_pretrain", settings, kill_at=3, checkpoint_at=2, configs=PRETRAIN_2D)
 
 
