@@ -321,6 +321,7 @@ BUNDLE_NAMES = sorted(p.name for p in BUNDLES.iterdir() if p.is_dir())
 CPU_OVERRIDES = {
     "voco_pretrain": {"feature_size": 12, "_meta_#network_data_format#outputs#pred#num_channels": 16 * 12},
     "voco_covid_cls": {"network_def#feature_size": 12, "pretrained": "null"},
+    "voco_cxr14_cls": {"network_def#feature_size": 12, "pretrained": "null"},
     "voco_btcv_seg": {
         "feature_size": 12,
         "pretrained": None,

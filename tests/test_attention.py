@@ -69,13 +69,18 @@ def test_shifted_window_mask_equals_monai_compute_mask(dims, window, shift):
         (12, 4, (2, 2, 2, 2), (2, 1, 40, 32, 24)),  # stage 2 (10x8x6) pads to 12x8x8
         (12, 7, (2, 2, 2, 2), (1, 1, 32, 32, 32)),  # stage 1 (16^3) pads to 21^3, later stages shrink the window
         (48, 7, (2, 2, 1, 1), (1, 1, 32, 32, 32)),  # the paper's width, tiny depth
+        (12, 7, (2, 2, 2, 2), (2, 1, 96, 64)),  # 2D (radiographs): stage 1 (48x32) pads to 49x35
+        (12, 4, (2, 2, 2, 2), (1, 1, 64, 64)),
     ],
 )
 def test_sdpa_encoder_matches_monai_attention(feature_size, window, depths, shape):
-    """Same hidden states and parameter gradients (float32, relative L2 <= 1e-5), with gradients and without."""
+    """Same hidden states and parameter gradients (float32, relative L2 <= 1e-5), with gradients and without,
+    for volumes and for 2D images."""
     heads = (3, 6, 12, 24)
     torch.manual_seed(0)
-    encoder = SwinEncoder(feature_size=feature_size, window_size=window, depths=depths, num_heads=heads)
+    encoder = SwinEncoder(
+        feature_size=feature_size, window_size=window, depths=depths, num_heads=heads, spatial_dims=len(shape) - 2
+    )
     _randomise(encoder, seed=1)
     x = _randn(*shape, seed=2)
     set_window_attention(encoder, "monai")

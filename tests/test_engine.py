@@ -161,7 +161,9 @@ def test_prepare_batch_flattens_volumes_in_order():
 def test_prepare_batch_errors():
     prep = VoCoPrepareBatch()
     with pytest.raises(ValueError):
-        prep({"image": torch.zeros(5, 1, 2, 2, 2), "label": torch.zeros(1, 2, 3)})  # 5-D image
+        prep({"image": torch.zeros(5, 1, 2, 2), "label": torch.zeros(1, 2, 3)})  # 4-D image
+    with pytest.raises(ValueError):
+        prep({"image": torch.zeros(5, 1, 2, 2, 2), "label": torch.zeros(1, 2, 3)})  # 2D crops of 5 images, 1 label
     with pytest.raises(ValueError):
         prep({"image": torch.zeros(1, 5, 1, 2, 2, 2), "label": torch.zeros(1, 2, 4)})  # n + k = 6 != 5
     with pytest.raises(ValueError):
@@ -715,3 +717,38 @@ def test_last_step_handler_rejects_non_positive_counts():
         LastStepHandler(0)
     with pytest.raises(ValueError, match="at least 1"):
         LastStepHandler(5, val_interval=0)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 2D: the same glue, losses and metrics on radiograph crops
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _image_batch(num: int = 2) -> dict:
+    """A collated batch of ``num`` 2D crop stacks (4 bases of a 2x2 grid + 3 random crops of 32x32)."""
+    crop = VoCoCropd(keys="image", region_size=(64, 64), grid=(2, 2), roi_size=(32, 32), num_crops=3)
+    crop.set_random_state(0)
+    gen = torch.Generator().manual_seed(1)
+    items = [crop({"image": torch.rand(1, 70, 60, generator=gen)}) for _ in range(num)]
+    return torch.utils.data.default_collate(items)
+
+
+def test_2d_batch_through_the_network_gives_the_reference_loss_and_metrics():
+    """2D crops flatten like 3D ones; the losses and position metrics see only (B, k, n) labels and (N, C)
+    features, so they equal the same per-crop reference loops as in 3D."""
+    batch = _image_batch(2)
+    assert batch["image"].shape == (2, 7, 1, 32, 32)
+    inputs, labels = VoCoPrepareBatch()(batch, device="cpu")
+    assert inputs.shape == (14, 1, 32, 32) and labels.shape == (2, 3, 4)
+    torch.manual_seed(0)
+    net = VoCoNet(SwinEncoder(feature_size=12, window_size=4, spatial_dims=2), hidden_dim=32, out_dim=16)
+    features = net(inputs)
+    loss = VoCoCriterion("paper")(features, labels)
+    pred, reg = ref_paper_loss(features.detach().double(), labels.double())
+    assert loss.item() == pytest.approx(pred + reg, rel=1e-5)
+    loss.backward()
+    assert all(p.grad is not None for p in net.encoder.parameters())
+    hits, errors, _ = ref_metrics(features.detach().double(), labels.double())
+    for metric, expected in ((PositionTop1Accuracy(), hits), (PositionMAE(), errors)):
+        metric.update((features.detach(), labels))
+        assert metric.compute() == pytest.approx(sum(expected) / len(expected), rel=1e-5)

@@ -1,7 +1,7 @@
-"""Tests of the VoCo base-cell grid and position labels (paper Sec. 3.2, Fig. 4).
+"""Tests of the VoCo base-cell grid and position labels (paper Sec. 3.2, Fig. 4), in 3D and in 2D.
 
 Every expected value is computed inside the test, by hand (arithmetic in the comments) or by a brute-force
-voxel counter that knows nothing about the library's per-axis overlap formula.
+voxel (pixel) counter that knows nothing about the library's per-axis overlap formula.
 """
 
 import itertools
@@ -22,18 +22,31 @@ CONFIGS = [
     ((25, 25, 12), (5, 5, 1)),
     ((18, 12, 9), (2, 3, 3)),  # unequal cells on every axis
 ]
+# 2D (region_size, grid) pairs: radiographs
+CONFIGS_2D = [
+    ((24, 24), (2, 2)),
+    ((24, 24), (4, 4)),
+    ((24, 24), (3, 3)),
+    ((25, 25), (5, 5)),
+    ((18, 12), (2, 3)),  # unequal cells on both axes
+    ((16, 24), (4, 3)),
+]
 
 
 def cell_index_volume(region, grid):
-    """Voxel volume of shape ``region`` holding, per voxel, the C-order index of the grid cell it lies in."""
+    """Voxel volume (or pixel image) of shape ``region`` holding, per voxel, the C-order index of the grid cell it
+    lies in: ((ix * gy) + iy) * gz + iz, written out per number of axes."""
     region, grid = np.asarray(region), np.asarray(grid)
     cell = region // grid
+    if len(region) == 2:
+        ix, iy = np.indices(tuple(region))
+        return (ix // cell[0]) * grid[1] + iy // cell[1]
     ix, iy, iz = np.indices(tuple(region))
     return ((ix // cell[0]) * grid[1] + iy // cell[1]) * grid[2] + iz // cell[2]
 
 
 def count_labels(boxes, region, grid, factor=1):
-    """Brute-force labels: count the voxels of each box in each cell, divided by the box volume.
+    """Brute-force labels: count the voxels (pixels) of each box in each cell, divided by the box volume (area).
 
     Boxes may be float as long as ``boxes * factor`` is integer: the count is then done on a grid ``factor``
     times finer (region ``region * factor``), where every box covers whole voxels. Parts of a box outside the
@@ -49,7 +62,7 @@ def count_labels(boxes, region, grid, factor=1):
     for box in boxes_f:
         lo = np.clip(box[:, 0], 0, region_f)
         hi = np.clip(box[:, 1], 0, region_f)
-        inside = cells[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
+        inside = cells[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))]
         counts = np.bincount(inside.ravel(), minlength=n).astype(np.float64)
         rows.append(counts / np.prod(box[:, 1] - box[:, 0]))
     return np.stack(rows)
@@ -58,7 +71,8 @@ def count_labels(boxes, region, grid, factor=1):
 def random_int_boxes(rng, region, k, sizes=None):
     """k integer boxes fully inside ``region``; random size per axis unless ``sizes`` is given."""
     region = np.asarray(region)
-    size = rng.integers(1, region + 1, size=(k, 3)) if sizes is None else np.broadcast_to(sizes, (k, 3))
+    d = len(region)
+    size = rng.integers(1, region + 1, size=(k, d)) if sizes is None else np.broadcast_to(sizes, (k, d))
     start = rng.integers(0, region - size + 1)
     return np.stack((start, start + size), axis=-1)
 
@@ -307,8 +321,10 @@ def test_position_labels_rejects_bad_boxes(boxes, match):
 @pytest.mark.parametrize(
     ("region", "grid", "match"),
     [
-        ((8, 8), (2, 2, 1), "region_size must have 3 entries"),
+        ((8, 8), (2, 2, 1), "grid must have 2 entries"),
         ((8, 8, 4), (2, 2), "grid must have 3 entries"),
+        ((8,), (2,), "region_size must have 2 or 3 entries"),
+        ((8, 8, 4, 4), (2, 2, 1, 1), "region_size must have 2 or 3 entries"),
         ((8, 0, 4), (2, 2, 1), "region_size must be positive"),
         ((8, -8, 4), (2, 2, 1), "region_size must be positive"),
         ((8, 8, 4), (2, 0, 1), "grid must be positive"),
@@ -316,7 +332,8 @@ def test_position_labels_rejects_bad_boxes(boxes, match):
     ],
 )
 def test_position_labels_rejects_bad_sizes(region, grid, match):
-    """Region and grid need three positive entries; the grid whole numbers."""
+    """Region and grid need two or three positive entries, as many in the grid as in the region; the grid whole
+    numbers."""
     boxes = torch.tensor([[[0, 2], [0, 2], [0, 2]]])
     with pytest.raises(ValueError, match=match):
         position_labels(boxes, region, grid)
@@ -327,13 +344,14 @@ def test_position_labels_rejects_bad_sizes(region, grid, match):
     [
         ((10, 12, 4), (4, 4, 1), "not divisible"),
         ((12, 12, 5), (3, 3, 2), "not divisible"),
-        ((12, 12), (3, 3, 1), "region_size must have 3 entries"),
+        ((12, 12), (3, 3, 1), "grid must have 2 entries"),
+        ((12,), (3,), "region_size must have 2 or 3 entries"),
         ((12, 12, 4), (3, 0, 1), "grid must be positive"),
         ((0, 12, 4), (3, 3, 1), "region_size must be positive"),
     ],
 )
 def test_base_boxes_rejects_bad_sizes(region, grid, match):
-    """base_boxes needs three positive entries and a region divisible by the grid."""
+    """base_boxes needs two or three positive entries per size and a region divisible by the grid."""
     with pytest.raises(ValueError, match=match):
         base_boxes(region, grid)
 
@@ -344,3 +362,61 @@ def test_base_boxes_rejects_fractional_sizes():
         base_boxes((8, 8, 4), (2.5, 2, 1))
     with pytest.raises(ValueError, match="whole numbers"):
         base_boxes((8.5, 8, 4), (2, 2, 1))
+
+
+# ---------------------------------------------------------------- 2D: labels are fractions of area
+
+
+def test_2d_hand_worked():
+    """A one-cell crop straddling four cells of a 4x4 grid of unit cells: fractions of its area, by hand.
+
+    x in [1.25, 2.25) overlaps row 1 by 0.75 and row 2 by 0.25; y in [1.75, 2.75) overlaps column 1 by 0.25
+    and column 2 by 0.75. Cell index = ix * 4 + iy: cell 5 gets 0.75 * 0.25, cell 6 0.75 * 0.75, cell 9
+    0.25 * 0.25 and cell 10 0.25 * 0.75 (exact binary fractions).
+    """
+    box = torch.tensor([[[1.25, 2.25], [1.75, 2.75]]])
+    labels = position_labels(box, (4, 4), (4, 4))
+    expected = torch.zeros(1, 16)
+    expected[0, 5], expected[0, 6], expected[0, 9], expected[0, 10] = 0.1875, 0.5625, 0.0625, 0.1875
+    assert labels.dtype == torch.float32 and torch.equal(labels, expected)
+
+
+@pytest.mark.parametrize(("region", "grid"), CONFIGS_2D)
+def test_2d_integer_boxes_match_pixel_count(region, grid):
+    """Random integer boxes of random sizes against a per-pixel count."""
+    rng = np.random.default_rng(sum(region) * 5 + sum(grid))
+    boxes = random_int_boxes(rng, region, 60)
+    labels = position_labels(torch.from_numpy(boxes), region, grid)
+    assert labels.shape == (60, int(np.prod(grid)))
+    np.testing.assert_allclose(labels.numpy(), count_labels(boxes, region, grid), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(("region", "grid"), CONFIGS_2D)
+def test_2d_float_and_outside_boxes_match_fine_grid_count(region, grid):
+    """Quarter-pixel float boxes, some sticking out of the region, counted on a grid four times finer."""
+    rng = np.random.default_rng(29)
+    fine_region = np.asarray(region) * 4
+    size = rng.integers(1, fine_region + 1, size=(40, 2))
+    start = rng.integers(-fine_region // 3, fine_region - size // 2 + 1)
+    boxes = np.stack((start, start + size), axis=-1) / 4.0
+    expected = count_labels(boxes, region, grid, factor=4)
+    np.testing.assert_allclose(position_labels(torch.from_numpy(boxes), region, grid).numpy(), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize(("region", "grid"), CONFIGS_2D)
+def test_2d_base_boxes_tile_the_region_in_c_order(region, grid):
+    """Every pixel is covered once, each by the cell of its C-order index; base boxes label themselves."""
+    boxes = base_boxes(region, grid)
+    assert boxes.shape == (int(np.prod(grid)), 2, 2) and boxes.dtype == torch.int64
+    owner = np.full(region, -1, dtype=np.int64)
+    cover = np.zeros(region, dtype=np.int64)
+    for i, b in enumerate(boxes.numpy()):
+        cover[b[0, 0] : b[0, 1], b[1, 0] : b[1, 1]] += 1
+        owner[b[0, 0] : b[0, 1], b[1, 0] : b[1, 1]] = i
+    assert (cover == 1).all() and np.array_equal(owner, cell_index_volume(region, grid))
+    assert torch.equal(position_labels(boxes, region, grid), torch.eye(len(boxes)))
+
+
+def test_2d_region_with_3d_boxes_is_refused():
+    with pytest.raises(ValueError, match=r"shape \(k, 2, 2\)"):
+        position_labels(torch.tensor([[[0, 2], [0, 2], [0, 1]]]), (8, 8), (2, 2))

@@ -339,3 +339,50 @@ def test_projection_head_refuses_a_batch_stats_that_is_not_a_bool(value):
     ``voco_components.utils.as_bool``, which reads it as meant)."""
     with pytest.raises(TypeError, match="must be True or False"):
         ProjectionHead(in_dim=10, hidden_dim=7, out_dim=5, batch_stats=value)
+
+
+# ---------------------------------------------------------------- 2D (radiographs)
+
+
+def test_2d_encoder_export_loads_strictly_into_swinunetr_2d_and_the_classifier():
+    """The state dict of a 2D SwinEncoder is SwinUNETR(spatial_dims=2)'s swinViT, key for key (strict load), and
+    the 2D classifier takes it with only its head missing; the hidden states and logits then agree."""
+    torch.manual_seed(0)
+    encoder = SwinEncoder(feature_size=FS, window_size=7, spatial_dims=2, attention="monai").eval()
+    state = encoder.state_dict()
+    assert state and all(k.startswith("swinViT.") for k in state)
+    torch.manual_seed(1)
+    full = SwinUNETR(in_channels=1, out_channels=2, feature_size=FS, window_size=7, spatial_dims=2).eval()
+    full.swinViT.load_state_dict({k.removeprefix("swinViT."): v for k, v in state.items()}, strict=True)
+    classifier = SwinClassifier(num_classes=14, feature_size=FS, window_size=7, spatial_dims=2, attention="monai")
+    result = classifier.load_state_dict(state, strict=False)
+    assert sorted(result.missing_keys) == ["head.bias", "head.weight"] and not result.unexpected_keys
+    x = _randn(2, 1, 224, 224, seed=5)
+    with torch.no_grad():
+        mine, theirs = encoder.swinViT(x, encoder.normalize), full.swinViT(x, full.normalize)
+        for a, b in zip(mine, theirs, strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+        assert theirs[4].shape == (2, 16 * FS, 7, 7)
+        pooled = encoder(x)
+        torch.testing.assert_close(pooled, theirs[4].mean(dim=(2, 3)))
+        logits = classifier.eval()(x)
+    assert logits.shape == (2, 14)
+    torch.testing.assert_close(logits, pooled @ classifier.head.weight.T + classifier.head.bias)
+
+
+def test_encoder_refuses_other_spatial_dims():
+    with pytest.raises(ValueError, match="spatial_dims must be 2"):
+        SwinEncoder(feature_size=FS, spatial_dims=1)
+
+
+def test_2d_unet_encoder_loads_into_basicunet_2d():
+    torch.manual_seed(0)
+    encoder = UNetEncoder(features=UNET_FEATURES, multiscale=True, spatial_dims=2).eval()
+    full = BasicUNet(spatial_dims=2, in_channels=1, out_channels=2, features=UNET_FEATURES).eval()
+    full.load_state_dict(encoder.state_dict(), strict=False)
+    x = _randn(2, 1, 32, 32, seed=6)
+    with torch.no_grad():
+        levels = encoder.probe_feature_maps(x)
+        expected = full.conv_0(x)
+        torch.testing.assert_close(levels[0], expected)
+        assert encoder(x).shape == (2, sum(UNET_FEATURES[:5]))

@@ -468,3 +468,122 @@ def test_compose_and_dataloader_batches():
 def test_negative_shift_offset_is_rejected():
     with pytest.raises(ValueError, match="shift_intensity_offset must be non-negative"):
         VoCoCropd("image", region_size=(32, 32, 16), grid=(2, 2, 1), roi_size=(8, 8, 8), shift_intensity_offset=-0.1)
+
+
+# ---------------------------------------------------------------- 2D images (radiographs)
+
+SMALL_2D = {"region_size": (96, 64), "grid": (4, 4), "roi_size": (16, 12)}  # sampling grid (64, 48)
+
+
+def bilinear(image, u, v):
+    """Reference sampler: ``image`` (X, Y) at continuous positions u (along X) and v (along Y), pixel centres at
+    i + 0.5; positions beyond the outer pixel centres take the edge value. Loops over the points, numpy only."""
+    out = np.empty((len(u), len(v)))
+    for a, x in enumerate(u):
+        for b, y in enumerate(v):
+            fx = min(max(x - 0.5, 0.0), image.shape[0] - 1.0)
+            fy = min(max(y - 0.5, 0.0), image.shape[1] - 1.0)
+            x0, y0 = int(np.floor(fx)), int(np.floor(fy))
+            x1, y1 = min(x0 + 1, image.shape[0] - 1), min(y0 + 1, image.shape[1] - 1)
+            wx, wy = fx - x0, fy - y0
+            out[a, b] = (
+                (1 - wx) * (1 - wy) * image[x0, y0]
+                + wx * (1 - wy) * image[x1, y0]
+                + (1 - wx) * wy * image[x0, y1]
+                + wx * wy * image[x1, y1]
+            )
+    return out
+
+
+def reference_crop_2d(raw, box, config):
+    """One crop computed on its own: the raw image resized to the sampling grid (reference sampler), then the
+    crop's box sampled at ``roi_size`` points (reference sampler again; a box on whole sampling pixels of
+    exactly ``roi_size`` pixels reads them as they are)."""
+    sampling = [g * r for g, r in zip(config["grid"], config["roi_size"], strict=True)]
+    centres = [(np.arange(s) + 0.5) * n / s for s, n in zip(sampling, raw.shape, strict=True)]
+    grid_image = bilinear(raw, *centres)
+    points = []
+    for axis in range(2):
+        scale = sampling[axis] / config["region_size"][axis]
+        start, end = float(box[axis, 0]) * scale, float(box[axis, 1]) * scale
+        roi = config["roi_size"][axis]
+        points.append(start + (np.arange(roi) + 0.5) * (end - start) / roi)
+    return bilinear(grid_image, *points)
+
+
+@pytest.mark.parametrize("crop_size", [None, (30, 20), (20, 13)], ids=["one-cell", "larger", "smaller"])
+@pytest.mark.parametrize("raw_shape", [(83, 70), (40, 30)], ids=["downsampled", "upsampled"])
+def test_2d_crops_match_a_per_crop_reference(crop_size, raw_shape):
+    """Every base and random crop of a random 2D image equals the crop computed on its own by a reference
+    bilinear sampler, whether the image is shrunk or enlarged and whatever the random-crop size."""
+    raw = np.random.default_rng(3).random(raw_shape)
+    transform = VoCoCropd("image", num_crops=6, crop_size=crop_size, **SMALL_2D)
+    transform.set_random_state(seed=8)
+    out = transform({"image": torch.from_numpy(raw[None].astype(np.float32))})
+    crops, boxes = out["image"], out["voco_boxes"].double()
+    assert crops.shape == (16 + 6, 1, 16, 12) and boxes.shape == (22, 2, 2)
+    for crop, box in zip(crops, boxes, strict=True):
+        np.testing.assert_allclose(crop[0].double().numpy(), reference_crop_2d(raw, box, SMALL_2D), atol=2e-5)
+
+
+@pytest.mark.parametrize("crop_size", [None, (30, 20)])
+def test_2d_labels_are_area_fractions_of_the_reported_boxes(crop_size):
+    """Labels against a per-pixel count over the boxes, on a grid six times finer than the region (a sampling
+    pixel is 1.5 region units along x and 4/3 along y, so every box lies on whole fine pixels)."""
+    k = 40
+    transform = VoCoCropd("image", num_crops=k, crop_size=crop_size, **SMALL_2D)
+    transform.set_random_state(seed=1)
+    out = transform({"image": torch.zeros(1, 64, 48)})
+    region, grid = np.asarray(SMALL_2D["region_size"]), np.asarray(SMALL_2D["grid"])
+    fine = region * 6
+    cell = fine // grid
+    ix, iy = np.indices(tuple(fine))
+    owner = (ix // cell[0]) * grid[1] + iy // cell[1]
+    boxes = out["voco_boxes"][16:].double().numpy() * 6
+    assert np.allclose(boxes, np.rint(boxes), atol=1e-3)
+    expected = []
+    for b in np.rint(boxes).astype(int):
+        inside = owner[b[0, 0] : b[0, 1], b[1, 0] : b[1, 1]]
+        expected.append(np.bincount(inside.ravel(), minlength=16) / inside.size)
+    np.testing.assert_allclose(out["label"].numpy(), np.stack(expected), atol=1e-6)
+    assert out["label"].shape == (k, 16)
+
+
+def test_2d_uint8_and_augmentation():
+    """uint8 images stay uint8 with their offsets in voco_shift; a flip on both axes and rot90 act on 2D crops."""
+    config = {**SMALL_2D, "roi_size": (16, 16), "region_size": (64, 64)}  # sampling grid (64, 64)
+    image = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (1, 64, 64), dtype=np.uint8))
+    plain = VoCoCropd("image", num_crops=3, **config)
+    flipped = VoCoCropd("image", num_crops=3, flip_prob=1.0, shift_intensity_prob=1.0, **config)
+    for t in (plain, flipped):
+        t.set_random_state(seed=2)
+    a, b = plain({"image": image}), flipped({"image": image})
+    assert a["image"].dtype == b["image"].dtype == torch.uint8
+    assert torch.equal(a["voco_boxes"], b["voco_boxes"])
+    assert torch.equal(b["image"], torch.flip(a["image"], dims=(2, 3)))
+    assert b["voco_shift"].shape == (19,) and bool((b["voco_shift"].abs() <= 0.1).all())
+    turned = VoCoCropd("image", num_crops=3, rot90_prob=1.0, **config)
+    turned.set_random_state(seed=2)
+    c = turned({"image": image})["image"]
+    for crop, base in zip(c, a["image"], strict=True):
+        assert any(torch.equal(crop, torch.rot90(base, t, dims=(1, 2))) for t in (1, 2, 3))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"grid": (4, 4, 1)}, "grid must be 2 positive integers"),
+        ({"roi_size": (16, 12, 8)}, "roi_size must be 2 positive integers"),
+        ({"crop_size": (30, 20, 10)}, "crop_size must be 2 positive numbers"),
+        ({"region_size": (96,)}, "region_size must be 2 or 3 positive integers"),
+    ],
+)
+def test_2d_constructor_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        VoCoCropd("image", **{**SMALL_2D, **kwargs})
+
+
+def test_2d_transform_refuses_a_volume_naming_the_file():
+    volume = MetaTensor(torch.zeros(1, 20, 20, 8), meta={"filename_or_obj": "/data/xray_007.png"})
+    with pytest.raises(ValueError, match=r"'image' of /data/xray_007\.png must be a channel-first 2D image"):
+        VoCoCropd("image", **SMALL_2D)({"image": volume})

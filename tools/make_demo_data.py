@@ -131,7 +131,9 @@ def main() -> None:
     args = parser.parse_args()
     DEST.mkdir(parents=True, exist_ok=True)
     digests = build_chest(args.chest_ct) | build_totalseg(args.totalseg)
-    (DEST / "sha256.json").write_text(json.dumps(digests, indent=4) + "\n")
+    listed = DEST / "sha256.json"  # keeps the entries of files made by other tools (make_demo_radiograph.py)
+    digests = {**(json.loads(listed.read_text()) if listed.is_file() else {}), **digests}
+    listed.write_text(json.dumps(dict(sorted(digests.items())), indent=4) + "\n")
 
 
 if __name__ == "__main__":

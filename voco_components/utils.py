@@ -24,6 +24,7 @@ __all__ = [
     "atomic_save_text",
     "unwrap_ddp",
     "VOLUME_SUFFIXES",
+    "RADIOGRAPH_SUFFIXES",
     "VolumeError",
     "volume_name",
     "volume_stem",
@@ -32,6 +33,10 @@ __all__ = [
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 """File endings of the volumes a folder or glob pattern datalist takes: NIfTI, NRRD and MetaImage."""
+
+
+RADIOGRAPH_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
+"""File endings of the radiographs (2D images) a folder or glob pattern datalist of the 2D bundles takes."""
 
 
 TRUE_WORDS = ("true", "True", "TRUE", "1")

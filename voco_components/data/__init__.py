@@ -1,7 +1,7 @@
 """Datalists (files, folders, globs, k folds), the step-indexed VoCo dataset, and the prepared volume cache with
 its ``prepare`` step."""
 
-from .classification_datalist import SUBSETS, load_classification_datalist
+from .classification_datalist import SUBSETS, load_classification_datalist, load_multilabel_datalist
 from .datalists import check_unique_outputs, load_datalists, output_name, output_root, read_json, volume_files
 from .dataset import (
     PreparedVolumes,
@@ -36,6 +36,7 @@ from .volume_cache import (
 __all__ = [
     "SUBSETS",
     "load_classification_datalist",
+    "load_multilabel_datalist",
     "load_datalists",
     "output_root",
     "output_name",

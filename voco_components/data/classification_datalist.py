@@ -1,5 +1,5 @@
-"""Classification datalists: training, validation and testing entries with integer class labels, from k-fold
-datalists, decathlon-style files, folders or glob patterns."""
+"""Classification datalists: training, validation and testing entries with integer class labels (or, multi-label,
+lists of 0/1 per class), from k-fold datalists, decathlon-style files, folders or glob patterns."""
 
 from __future__ import annotations
 
@@ -9,10 +9,12 @@ from typing import Any
 
 from voco_components.data.datalists import load_datalists, volume_files
 from voco_components.data.folds import fold_split
+from voco_components.utils import RADIOGRAPH_SUFFIXES
 
 __all__ = [
     "SUBSETS",
     "load_classification_datalist",
+    "load_multilabel_datalist",
 ]
 
 
@@ -88,3 +90,58 @@ def load_classification_datalist(
         ]
         source = f"{sources[0]} (fold {fold})"
     return _check_labels(entries, source, num_classes, require_labels)
+
+
+def _check_multilabels(
+    entries: list[dict[str, Any]], source: str, num_classes: int | None, require_labels: bool
+) -> list[dict[str, Any]]:
+    """Every present ``label`` is a list of ``num_classes`` zeros and ones; required when ``require_labels``."""
+    for entry in entries:
+        if "label" not in entry:
+            if require_labels:
+                raise ValueError(f"{source}: entry {entry['image']} has no 'label' (a list of 0/1, one per class).")
+            continue
+        label = entry["label"]
+        valid = isinstance(label, list) and all(v in (0, 1) and not isinstance(v, float) for v in label)
+        if not valid or (num_classes is not None and len(label) != num_classes):
+            size = "one per class" if num_classes is None else f"{num_classes} of them"
+            raise ValueError(
+                f"{source}: entry {entry['image']} has label {label!r}; multi-label entries need a list of 0/1 "
+                f"({size})."
+            )
+    return entries
+
+
+def load_multilabel_datalist(
+    datalist: str | Path | Sequence[str | Path],
+    dataset_dir: str | Path,
+    subset: str = "training",
+    num_classes: int | None = None,
+    require_labels: bool = True,
+    suffixes: Sequence[str] = RADIOGRAPH_SUFFIXES,
+) -> list[dict[str, Any]]:
+    """The ``training``, ``validation`` or ``testing`` entries of a multi-label datalist, image paths made absolute.
+
+    Args:
+        datalist: one or several decathlon-style JSON files whose ``subset`` lists are merged (entries
+            ``{"image": path, "label": [0, 1, ...]}``, e.g. from :mod:`voco_components.apps.cxr14`), or images
+            without a datalist: folders or glob patterns of files ending in ``suffixes`` (all of them, whatever
+            the ``subset``).
+        dataset_dir: folder that relative image paths resolve against.
+        subset: ``training``, ``validation`` or ``testing``.
+        num_classes: labels must hold this many entries (not checked when None).
+        require_labels: every entry needs a ``label``; False accepts entries without one (inference).
+        suffixes: the file endings a folder or pattern takes (radiographs by default).
+
+    Returns:
+        entries ``{"image": absolute path, "label": [0/1, ...], ...}`` in datalist order.
+
+    Raises:
+        FileNotFoundError: a datalist does not exist.
+        ValueError: an unknown ``subset``, a missing list, or a label that is missing or not a list of
+            ``num_classes`` zeros and ones; the message names the datalist and the entry.
+    """
+    if subset not in SUBSETS:
+        raise ValueError(f"subset must be one of {SUBSETS}, got {subset!r}.")
+    entries = load_datalists(datalist, dataset_dir, subset, suffixes)
+    return _check_multilabels(entries, str(datalist), num_classes, require_labels)

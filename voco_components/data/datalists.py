@@ -23,15 +23,21 @@ __all__ = [
 ]
 
 
-def _is_volume(path: Path) -> bool:
-    return path.is_file() and path.name.lower().endswith(VOLUME_SUFFIXES)
+def _is_volume(path: Path, suffixes: Sequence[str] = VOLUME_SUFFIXES) -> bool:
+    return path.is_file() and path.name.lower().endswith(tuple(suffixes))
 
 
-def _is_volume_or_series(path: Path) -> bool:
-    return _is_volume(path) or is_dicom_folder(path)
+def _is_volume_or_series(path: Path, suffixes: Sequence[str]) -> bool:
+    return _is_volume(path, suffixes) or (_series_allowed(suffixes) and is_dicom_folder(path))
 
 
-def volume_files(source: str | Path) -> list[str] | None:
+def _series_allowed(suffixes: Sequence[str]) -> bool:
+    """A folder of DICOM files is one series (one volume) unless single DICOM files are the images asked for
+    (radiographs: ``.dcm`` among ``suffixes``)."""
+    return not any(s.lower() in (".dcm", ".dicom") for s in suffixes)
+
+
+def volume_files(source: str | Path, suffixes: Sequence[str] = VOLUME_SUFFIXES) -> list[str] | None:
     """The volumes a folder or a glob pattern names, as sorted absolute paths; None for any other ``source``.
 
     A volume is a NIfTI (``.nii``, ``.nii.gz``), NRRD (``.nrrd``) or MetaImage (``.mha``, ``.mhd``) file, or a
@@ -39,16 +45,18 @@ def volume_files(source: str | Path) -> list[str] | None:
     :class:`voco_components.transforms.LoadVolumed`). A series folder gives itself; any other folder every volume
     file and every series folder directly in it (a folder of series folders gives one volume per series); a glob
     pattern (``*``, ``?``, ``[...]``; ``**`` spans folders) the volume files and series folders it matches; a path
-    to one volume file, that file. Anything else (a JSON datalist) gives None.
+    to one volume file, that file. Anything else (a JSON datalist) gives None. ``suffixes`` names other file
+    endings, e.g. :data:`voco_components.utils.RADIOGRAPH_SUFFIXES` for 2D images; where they include ``.dcm``,
+    each DICOM file is an image and no folder is read as a series.
 
     Raises:
         ValueError: a folder or pattern that holds no volume, or a series folder that also holds volume files;
             the message names it.
     """
     path = Path(source)
-    kinds = f"volume files ({', '.join(VOLUME_SUFFIXES)}) or DICOM series folders"
-    if is_dicom_folder(path):
-        others = sorted(p.name for p in path.iterdir() if _is_volume(p))
+    kinds = f"files ({', '.join(suffixes)}) or DICOM series folders"
+    if _series_allowed(suffixes) and is_dicom_folder(path):
+        others = sorted(p.name for p in path.iterdir() if _is_volume(p, suffixes))
         if others:
             raise ValueError(
                 f"{path}: holds DICOM files and volume files ({', '.join(others[:5])}); a DICOM series needs a "
@@ -56,12 +64,12 @@ def volume_files(source: str | Path) -> list[str] | None:
             )
         found = [path]
     elif path.is_dir():
-        found = [p for p in path.iterdir() if _is_volume_or_series(p)]
+        found = [p for p in path.iterdir() if _is_volume_or_series(p, suffixes)]
         where = f"{path}: no {kinds} in this folder."
-    elif _is_volume(path):
+    elif _is_volume(path, suffixes):
         found = [path]
     elif not path.exists() and glob.has_magic(str(source)):
-        found = [p for p in map(Path, glob.glob(str(source), recursive=True)) if _is_volume_or_series(p)]
+        found = [p for p in map(Path, glob.glob(str(source), recursive=True)) if _is_volume_or_series(p, suffixes)]
         where = f"{source}: the pattern matches no {kinds}."
     else:
         return None
@@ -114,7 +122,10 @@ def _json_entries(path: Path, base: Path, key: str) -> list[dict[str, Any]]:
 
 
 def load_datalists(
-    datalist: str | Path | Sequence[str | Path], dataset_dir: str | Path, key: str = "training"
+    datalist: str | Path | Sequence[str | Path],
+    dataset_dir: str | Path,
+    key: str = "training",
+    suffixes: Sequence[str] = VOLUME_SUFFIXES,
 ) -> list[dict[str, Any]]:
     """The entries of one or several datalists, merged in order.
 
@@ -129,6 +140,7 @@ def load_datalists(
             there resolves beside its JSON file instead (the demo's organ datalist keeps working when
             ``dataset_dir`` points at the user's data).
         key: the list to read from each JSON file, e.g. ``training``, ``validation`` or ``testing``.
+        suffixes: the file endings a folder or pattern takes (:func:`volume_files`).
 
     Returns:
         dicts (a bare path entry becomes ``{"image": path}``) with absolute ``image``/``label`` paths.
@@ -143,7 +155,7 @@ def load_datalists(
         raise ValueError("datalist is empty: give at least one datalist JSON file, folder or glob pattern.")
     merged: list[dict[str, Any]] = []
     for source in sources:
-        volumes = volume_files(source)
+        volumes = volume_files(source, suffixes)
         if volumes is None:
             merged.extend(_json_entries(Path(source), Path(dataset_dir), key))
         else:

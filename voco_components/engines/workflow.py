@@ -57,8 +57,9 @@ def split_crop_features(features: torch.Tensor, labels: torch.Tensor) -> tuple[t
 class VoCoPrepareBatch(PrepareBatch):
     """Turn a collated VoCo batch into network input and targets.
 
-    ``batchdata[image_key]``: (B, n + k, C, *roi) from :class:`voco_components.transforms.crops.VoCoCropd`;
-    ``batchdata[label_key]``: (B, k, n). Returns inputs (B * (n + k), C, *roi) and labels (B, k, n).
+    ``batchdata[image_key]``: (B, n + k, C, *roi) from :class:`voco_components.transforms.crops.VoCoCropd`, with
+    three spatial axes (volumes) or two (images); ``batchdata[label_key]``: (B, k, n). Returns inputs
+    (B * (n + k), C, *roi) and labels (B, k, n).
 
     uint8 crops (from the prepared cache) are moved to the device as uint8 and only there become
     float32 ``crop / 255 + offset``, the offsets being ``batchdata[shift_key]`` (B, n + k) when present.
@@ -80,9 +81,10 @@ class VoCoPrepareBatch(PrepareBatch):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         images = torch.as_tensor(batchdata[self.image_key])
         labels = torch.as_tensor(batchdata[self.label_key])
-        if images.ndim != 6:
+        if images.ndim not in (5, 6):
             raise ValueError(
-                f"'{self.image_key}' must be a batch of crop stacks (B, n + k, C, D, H, W), got {tuple(images.shape)}."
+                f"'{self.image_key}' must be a batch of crop stacks (B, n + k, C, D, H, W) or, of 2D crops, "
+                f"(B, n + k, C, H, W), got {tuple(images.shape)}."
             )
         if labels.ndim != 3 or labels.shape[0] != images.shape[0] or sum(labels.shape[1:]) != images.shape[1]:
             raise ValueError(

@@ -101,6 +101,8 @@ class OnlineProbeHandler:
     def attach(self, engine: Engine) -> None:
         if self.enabled:
             engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+        else:
+            logger.info("organ probe off: no probe datalist (the probe needs 3D volumes with organ maps).")
 
     def split_crops(self, split: str) -> ProbeCrops:
         """The crops of every volume of the datalist's ``split`` list, capped at ``max_crops``."""

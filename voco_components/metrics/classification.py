@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = [
+    "binary_auc",
     "one_vs_rest_auc",
     "confusion_matrix",
 ]
@@ -33,14 +34,18 @@ def one_vs_rest_auc(probabilities: np.ndarray, labels: np.ndarray) -> np.ndarray
     """
     probabilities = np.asarray(probabilities, dtype=np.float64)
     labels = np.asarray(labels)
-    aucs = np.full(probabilities.shape[1], np.nan)
-    for c in range(probabilities.shape[1]):
-        positive = labels == c
-        n_pos, n_neg = int(positive.sum()), int((~positive).sum())
-        if n_pos and n_neg:
-            rank_sum = _average_ranks(probabilities[:, c])[positive].sum()
-            aucs[c] = (rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
-    return aucs
+    return np.array([binary_auc(probabilities[:, c], labels == c) for c in range(probabilities.shape[1])])
+
+
+def binary_auc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """Area under the ROC curve of ``scores`` (N,) for the cases where ``positive`` (N,) is true against the others
+    (Mann-Whitney U from average ranks, ties count one half); NaN without a positive or without a negative case."""
+    scores, positive = np.asarray(scores, dtype=np.float64), np.asarray(positive, dtype=bool)
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if not (n_pos and n_neg):
+        return float("nan")
+    rank_sum = _average_ranks(scores)[positive].sum()
+    return float((rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:

@@ -1,5 +1,5 @@
-"""Encoders with SwinUNETR's key names: the SwinViT encoder with 3D adaptive average pooling, its classifier and
-linear-probe heads, a small U-Net encoder, and the pooled multi-scale features of the probes."""
+"""Encoders with SwinUNETR's key names: the SwinViT encoder with global average pooling (3D volumes or 2D images),
+its classifier and linear-probe heads, a small U-Net encoder, and the pooled multi-scale features of the probes."""
 
 from __future__ import annotations
 
@@ -31,12 +31,22 @@ transformer and the five residual convolution blocks on the input and on its hid
 
 
 def pool_and_concat(feature_maps: list[torch.Tensor]) -> torch.Tensor:
-    """3D adaptive average pooling of each (N, C_i, D, H, W) map to (N, C_i), concatenated to (N, sum C_i)."""
-    return torch.cat([F.adaptive_avg_pool3d(level, 1).flatten(1) for level in feature_maps], dim=1)
+    """Adaptive average pooling of each (N, C_i, D, H, W) map (or 2D (N, C_i, H, W) map) to (N, C_i), concatenated
+    to (N, sum C_i)."""
+    return torch.cat([_global_average(level) for level in feature_maps], dim=1)
+
+
+def _global_average(level: torch.Tensor) -> torch.Tensor:
+    """(N, C, *spatial) with 2 or 3 spatial axes -> (N, C): the mean over the spatial axes."""
+    if level.ndim == 5:
+        return F.adaptive_avg_pool3d(level, 1).flatten(1)
+    if level.ndim == 4:
+        return F.adaptive_avg_pool2d(level, 1).flatten(1)
+    raise ValueError(f"feature maps must be (N, C, D, H, W) or (N, C, H, W), got {tuple(level.shape)}.")
 
 
 def probe_features(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Pooled multi-scale features for probes: (N, in_channels, D, H, W) -> (N, F).
+    """Pooled multi-scale features for probes: (N, in_channels, *spatial) -> (N, F).
 
     Every map of ``encoder.probe_feature_maps`` (:class:`SwinEncoder`: the five ``swinViT`` stages;
     :class:`UNetEncoder`: the five levels) pooled and concatenated by :func:`pool_and_concat`; an encoder
@@ -47,10 +57,10 @@ def probe_features(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 class SwinEncoder(nn.Module):
-    """The encoder path of MONAI's ``SwinUNETR``, with ``SwinUNETR``'s parameter names.
+    """The encoder path of MONAI's ``SwinUNETR``, with ``SwinUNETR``'s parameter names, for volumes or images.
 
-    ``state_dict()`` therefore loads into ``SwinUNETR(in_channels, out_channels, feature_size, ...)``
-    unchanged (``swinViT.*``, plus ``encoder1/2/3/4/10.*`` when ``multiscale``).
+    ``state_dict()`` therefore loads into ``SwinUNETR(in_channels, out_channels, feature_size, ...,
+    spatial_dims=spatial_dims)`` unchanged (``swinViT.*``, plus ``encoder1/2/3/4/10.*`` when ``multiscale``).
 
     Args:
         in_channels: input channels.
@@ -66,9 +76,11 @@ class SwinEncoder(nn.Module):
         attention: ``"sdpa"`` (window attention through ``scaled_dot_product_attention`` with cached
             shifted-window masks, :mod:`voco_components.attention`) or ``"monai"`` (MONAI's own); the
             same function, parameters and state dict either way.
+        spatial_dims: 3 for volumes, 2 for images (radiographs): SwinUNETR's own ``spatial_dims``.
 
-    Forward: (N, in_channels, D, H, W), each of D, H, W divisible by 32 -> pooled embedding (N, out_channels):
-    every returned feature map is 3D-adaptive-average-pooled to one vector and the vectors are concatenated.
+    Forward: (N, in_channels, D, H, W), each of D, H, W divisible by 32 (or (N, in_channels, H, W) when
+    ``spatial_dims`` is 2) -> pooled embedding (N, out_channels): every returned feature map is
+    adaptive-average-pooled to one vector and the vectors are concatenated.
     """
 
     def __init__(
@@ -82,8 +94,11 @@ class SwinEncoder(nn.Module):
         use_v2: bool = False,
         multiscale: bool = False,
         attention: str = "sdpa",
+        spatial_dims: int = 3,
     ) -> None:
         super().__init__()
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 (images) or 3 (volumes), got {spatial_dims!r}.")
         full = SwinUNETR(
             in_channels=in_channels,
             out_channels=1,
@@ -93,8 +108,9 @@ class SwinEncoder(nn.Module):
             num_heads=num_heads,
             use_checkpoint=use_checkpoint,
             use_v2=use_v2,
-            spatial_dims=3,
+            spatial_dims=spatial_dims,
         )
+        self.spatial_dims = spatial_dims
         set_window_attention(full, attention)
         self.normalize = full.normalize
         self.swinViT = full.swinViT  # noqa: N815 (SwinUNETR's attribute name)
@@ -107,7 +123,7 @@ class SwinEncoder(nn.Module):
             self.out_channels = 16 * feature_size
 
     def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """(N, in_channels, D, H, W) -> the feature maps that are pooled: one, or five when ``multiscale``."""
+        """(N, in_channels, *spatial) -> the feature maps that are pooled: one, or five when ``multiscale``."""
         if self.multiscale and self.training and math.prod(s // 32 for s in x.shape[2:]) < 2:
             raise ValueError(
                 f"the multiscale embedding (the official variant) cannot train on crops of {tuple(x.shape[2:])}: its "
@@ -126,7 +142,7 @@ class SwinEncoder(nn.Module):
         ]
 
     def probe_feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """(N, in_channels, D, H, W) -> the five ``swinViT`` hidden states, from the patch embedding to the deepest."""
+        """(N, in_channels, *spatial) -> the five ``swinViT`` hidden states, from the patch embedding to the deepest."""
         return list(self.swinViT(x, self.normalize))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -134,7 +150,7 @@ class SwinEncoder(nn.Module):
 
 
 class SwinClassifier(SwinEncoder):
-    """A volume classifier: SwinUNETR's encoder, 3D global average pooling, dropout and a linear head.
+    """A volume (or image) classifier: SwinUNETR's encoder, global average pooling, dropout and a linear head.
 
     The encoder tensors keep SwinUNETR's names (``swinViT.*``), so a VoCo export or a SwinUNETR
     self-supervised checkpoint loads into it with :func:`voco_components.networks.weights.load_pretrained`;
@@ -153,9 +169,10 @@ class SwinClassifier(SwinEncoder):
         window_size: attention window.
         dropout: dropout probability on the pooled embedding before the head.
         encoder_kwargs: other :class:`SwinEncoder` arguments (``depths``, ``num_heads``,
-            ``use_checkpoint``, ``use_v2``, ``multiscale``, ``attention``).
+            ``use_checkpoint``, ``use_v2``, ``multiscale``, ``attention``, ``spatial_dims``: 2 for radiographs).
 
-    Forward: (N, in_channels, D, H, W), each of D, H, W divisible by 32 -> logits (N, num_classes).
+    Forward: (N, in_channels, D, H, W), each of D, H, W divisible by 32 (or (N, in_channels, H, W) in 2D)
+    -> logits (N, num_classes).
     """
 
     def __init__(
@@ -229,29 +246,34 @@ class UNetEncoder(nn.Module):
         in_channels: input channels.
         features: BasicUNet's six feature counts; the encoder uses the first five.
         multiscale: return all five levels instead of the deepest one.
+        spatial_dims: 3 for volumes, 2 for images.
 
-    Forward: (N, in_channels, D, H, W), each divisible by 16 -> pooled embedding (N, out_channels).
+    Forward: (N, in_channels, *spatial), each axis divisible by 16 -> pooled embedding (N, out_channels).
     """
 
     def __init__(
-        self, in_channels: int = 1, features: Sequence[int] = (32, 32, 64, 128, 256, 32), multiscale: bool = False
+        self,
+        in_channels: int = 1,
+        features: Sequence[int] = (32, 32, 64, 128, 256, 32),
+        multiscale: bool = False,
+        spatial_dims: int = 3,
     ) -> None:
         super().__init__()
-        full = BasicUNet(spatial_dims=3, in_channels=in_channels, out_channels=1, features=features)
+        full = BasicUNet(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=1, features=features)
         self.conv_0, self.down_1, self.down_2 = full.conv_0, full.down_1, full.down_2
         self.down_3, self.down_4 = full.down_3, full.down_4
         self.multiscale = multiscale
         self.out_channels = sum(features[:5]) if multiscale else features[4]
 
     def probe_feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """(N, in_channels, D, H, W) -> all five levels, from ``conv_0`` to ``down_4``."""
+        """(N, in_channels, *spatial) -> all five levels, from ``conv_0`` to ``down_4``."""
         levels = [self.conv_0(x)]
         for down in (self.down_1, self.down_2, self.down_3, self.down_4):
             levels.append(down(levels[-1]))
         return levels
 
     def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """(N, in_channels, D, H, W) -> the deepest level, or all five when ``multiscale``."""
+        """(N, in_channels, *spatial) -> the deepest level, or all five when ``multiscale``."""
         levels = self.probe_feature_maps(x)
         return levels if self.multiscale else levels[-1:]
 

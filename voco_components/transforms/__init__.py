@@ -1,5 +1,5 @@
-"""The VoCo crops and position labels, the baseline methods' masks and views, volume loading (files and DICOM
-series) and checks, and the CT preprocessing pipelines."""
+"""The VoCo crops and position labels, the baseline methods' masks and views, volume (files and DICOM series)
+and radiograph loading and checks, and the CT and radiograph preprocessing pipelines."""
 
 from .crops import VoCoCropd
 from .dicom import (
@@ -13,9 +13,10 @@ from .dicom import (
     read_dicom_series,
 )
 from .io import AboveThreshold, CheckVolumed, LoadVolumed, volume_name_formatter
-from .labels import base_boxes, position_labels
+from .labels import SPATIAL_DIMS, base_boxes, position_labels, spatial_sizes
 from .masking import MaskedCropsd, expand_mask, random_unit_mask, unit_grid
 from .pipelines import ct_preprocessing, mri_preprocessing
+from .radiograph import DICOM_SUFFIXES, LoadRadiographd, radiograph_preprocessing, read_radiograph
 from .views import OverlappingViewsd, RotationCutoutViewsd, crop_at, positive_triple, random_starts, volume_tensor
 
 __all__ = [
@@ -32,8 +33,10 @@ __all__ = [
     "CheckVolumed",
     "LoadVolumed",
     "volume_name_formatter",
+    "SPATIAL_DIMS",
     "base_boxes",
     "position_labels",
+    "spatial_sizes",
     "MaskedCropsd",
     "expand_mask",
     "random_unit_mask",
@@ -46,4 +49,8 @@ __all__ = [
     "positive_triple",
     "random_starts",
     "volume_tensor",
+    "DICOM_SUFFIXES",
+    "LoadRadiographd",
+    "radiograph_preprocessing",
+    "read_radiograph",
 ]

@@ -1,4 +1,4 @@
-"""The VoCo crop transform: base crops, random crops and their position labels from one volume."""
+"""The VoCo crop transform: base crops, random crops and their position labels from one 2D image or 3D volume."""
 
 from __future__ import annotations
 
@@ -13,23 +13,25 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform, Randomizable
 from monai.utils import convert_to_tensor
 
-from voco_components.transforms.labels import base_boxes, position_labels
+from voco_components.transforms.labels import base_boxes, position_labels, spatial_sizes
 from voco_components.utils import volume_name
 
 __all__ = ["VoCoCropd"]
 
 
 class VoCoCropd(Randomizable, MapTransform):
-    """Cut a volume into the n base crops and k random crops of VoCo and compute their position labels.
+    """Cut a volume or an image into the n base crops and k random crops of VoCo and compute their position labels.
 
-    The volume (channel-first, spatial shape of any size) is resampled once, trilinearly, to the sampling
+    The number of spatial axes d follows ``region_size``: three for CT or MRI volumes (the paper), two for
+    radiographs (the paper's appendix C.2), everything else being the same. The input (channel-first,
+    spatial shape of any size) is resampled once, trilinearly (bilinearly in 2D), to the sampling
     grid ``grid * roi_size`` (256×256×64 for the defaults): the paper's ``region_size`` region
     (384×384×64) at the scale of the ``roi_size`` crops. This samples the same points as resizing to
     ``region_size`` and then resizing each crop to ``roi_size``, with one interpolation instead of n + k.
-    A volume that already has the sampling-grid shape (what cached preprocessing should store) is only
+    An input that already has the sampling-grid shape (what cached preprocessing should store) is only
     sliced. Base crops are the grid cells; random crops of ``crop_size`` (region units, one cell by
     default) lie fully inside the region, at integer positions of the sampling grid. When a random crop
-    does not map to exactly ``roi_size`` sampling-grid voxels it is resampled trilinearly to ``roi_size``.
+    does not map to exactly ``roi_size`` sampling-grid voxels it is resampled (tri- or bilinearly) to ``roi_size``.
 
     Writes, for every key in ``keys`` (all cropped at the same boxes with the same augmentation), plain
     tensors: the crops no longer have one affine, so a ``MetaTensor`` input's metadata is not carried over.
@@ -48,19 +50,20 @@ class VoCoCropd(Randomizable, MapTransform):
     - ``key``: tensor (n + k, C, *roi_size), float32 (float64 for float64 input, uint8 for uint8 input), the n base
       crops first (C order over the grid, see :func:`voco_components.transforms.labels.base_boxes`), then the k
       random crops;
-    - ``label_key``: float32 (k, n) position labels of the random crops;
-    - ``box_key``: float32 (n + k, 3, 2) ``[start, end)`` of every crop in region coordinates;
+    - ``label_key``: float32 (k, n) position labels of the random crops (overlap fractions of volume, or of
+      area in 2D);
+    - ``box_key``: float32 (n + k, d, 2) ``[start, end)`` of every crop in region coordinates;
     - ``shift_key``: float32 (n + k,) intensity offsets per crop, only when a key holds a uint8 volume.
 
     Args:
-        keys: keys of the channel-first 3D images to crop.
-        region_size: the region the volume stands for, in the paper's units (384×384×64).
+        keys: keys of the channel-first images to crop, (C, X, Y, Z) in 3D or (C, X, Y) in 2D.
+        region_size: the region the input stands for, in the paper's units (384×384×64); two numbers for 2D.
         grid: base cells per axis; ``region_size`` must be divisible by it.
-        roi_size: spatial size of every output crop.
+        roi_size: spatial size of every output crop, one number per axis of ``region_size``.
         num_crops: k, the number of random crops.
         crop_size: random-crop size in region units; one base cell when None.
         label_key: where the (k, n) position labels go.
-        box_key: where the (n + k, 3, 2) crop boxes go.
+        box_key: where the (n + k, d, 2) crop boxes go.
         shift_key: where the (n + k,) intensity offsets of uint8 crops go.
         flip_prob: per crop and per spatial axis, the probability of a flip.
         rot90_prob: per crop, the probability of a rotation by 90, 180 or 270 degrees in the first two
@@ -89,14 +92,15 @@ class VoCoCropd(Randomizable, MapTransform):
         allow_missing_keys: bool = False,
     ) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
-        self.region_size = self._positive_triple(region_size, "region_size")
-        self.grid = self._positive_triple(grid, "grid")
-        self.roi_size = self._positive_triple(roi_size, "roi_size")
+        self.region_size = self._positive_integers(region_size, "region_size", None)
+        self.dims = self.region_size.numel()
+        self.grid = self._positive_integers(grid, "grid", self.dims)
+        self.roi_size = self._positive_integers(roi_size, "roi_size", self.dims)
         self.base = base_boxes(self.region_size, self.grid)  # raises when not divisible
         cell = self.region_size / self.grid
         self.crop_size = cell.clone() if crop_size is None else torch.as_tensor(crop_size, dtype=torch.float64)
-        if self.crop_size.numel() != 3 or bool((self.crop_size <= 0).any()):
-            raise ValueError(f"crop_size must be 3 positive numbers, got {self.crop_size.tolist()}.")
+        if self.crop_size.numel() != self.dims or bool((self.crop_size <= 0).any()):
+            raise ValueError(f"crop_size must be {self.dims} positive numbers, got {self.crop_size.tolist()}.")
         if bool((self.crop_size > self.region_size).any()):
             raise ValueError(
                 f"crop_size {self.crop_size.tolist()} is larger than region_size {self.region_size.tolist()}: "
@@ -127,14 +131,19 @@ class VoCoCropd(Randomizable, MapTransform):
         self.scale = self.sampling_shape / self.region_size  # sampling-grid voxels per region unit
         self.crop_extent = self.crop_size * self.scale  # random-crop size in sampling-grid voxels
         self.slice_only = bool(torch.isclose(self.crop_extent, self.roi_size, rtol=0.0, atol=1e-6).all())
-        self._starts = torch.zeros(self.num_crops, 3, dtype=torch.long)
+        self._starts = torch.zeros(self.num_crops, self.dims, dtype=torch.long)
 
     @staticmethod
-    def _positive_triple(value: Sequence[int], name: str) -> torch.Tensor:
-        triple = torch.as_tensor(value, dtype=torch.float64).flatten()
-        if triple.numel() != 3 or bool((triple <= 0).any()) or bool((triple != triple.round()).any()):
-            raise ValueError(f"{name} must be 3 positive integers, got {list(triple.tolist())}.")
-        return triple
+    def _positive_integers(value: Sequence[int], name: str, dims: int | None) -> torch.Tensor:
+        """One positive integer per spatial axis: 2 or 3 of them (``dims`` None), else exactly ``dims``."""
+        wanted = "2 or 3" if dims is None else str(dims)
+        try:
+            sizes = spatial_sizes(value, name, dims)
+        except ValueError:
+            sizes = None
+        if sizes is None or bool((sizes != sizes.round()).any()):
+            raise ValueError(f"{name} must be {wanted} positive integers (one per spatial axis), got {value!r}.")
+        return sizes
 
     def randomize(self, data: Any = None) -> None:
         """Draw the integer start of every random crop in the sampling grid."""
@@ -144,7 +153,7 @@ class VoCoCropd(Randomizable, MapTransform):
         ).long()
 
     def random_boxes(self) -> torch.Tensor:
-        """The (k, 3, 2) region-coordinate boxes of the random crops drawn by the last ``randomize``."""
+        """The (k, d, 2) region-coordinate boxes of the random crops drawn by the last ``randomize``."""
         starts = self._starts.to(torch.float64) / self.scale
         return torch.stack((starts, starts + self.crop_size), dim=-1)
 
@@ -156,7 +165,8 @@ class VoCoCropd(Randomizable, MapTransform):
         shape = tuple(int(s) for s in self.sampling_shape)
         if tuple(image.shape[1:]) == shape:
             return image
-        resized = F.interpolate(image[None].float(), size=shape, mode="trilinear", align_corners=False)[0]
+        mode = "trilinear" if self.dims == 3 else "bilinear"
+        resized = F.interpolate(image[None].float(), size=shape, mode=mode, align_corners=False)[0]
         return resized if image.is_floating_point() else _round_to(resized, image.dtype)
 
     def _crop(self, grid_image: torch.Tensor) -> torch.Tensor:
@@ -164,17 +174,20 @@ class VoCoCropd(Randomizable, MapTransform):
 
         Both are copied once, straight into one preallocated output.
         """
-        c = grid_image.shape[0]
-        gx, gy, gz = (int(g) for g in self.grid)
-        rx, ry, rz = (int(r) for r in self.roi_size)
-        n = gx * gy * gz
+        c, d = grid_image.shape[0], self.dims
+        grid = [int(g) for g in self.grid]
+        roi = [int(r) for r in self.roi_size]
+        n = len(self.base)
         dtype = torch.float32 if grid_image.dtype in (torch.float16, torch.bfloat16) else grid_image.dtype
-        out = grid_image.new_empty((n + self.num_crops, c, rx, ry, rz), dtype=dtype)
-        cells = grid_image.reshape(c, gx, rx, gy, ry, gz, rz).permute(1, 3, 5, 0, 2, 4, 6)
-        out[:n].view(gx, gy, gz, c, rx, ry, rz).copy_(cells)
+        out = grid_image.new_empty((n + self.num_crops, c, *roi), dtype=dtype)
+        # (C, g0, r0, g1, r1, ...) -> (g0, g1, ..., C, r0, r1, ...): the cells in C order over the grid
+        interleaved = [size for pair in zip(grid, roi, strict=True) for size in pair]
+        cells = grid_image.reshape(c, *interleaved).permute(*range(1, 2 * d, 2), 0, *range(2, 2 * d + 1, 2))
+        out[:n].view(*grid, c, *roi).copy_(cells)
         if self.slice_only:
-            for j, (x, y, z) in enumerate(self._starts.tolist()):
-                out[n + j].copy_(grid_image[:, x : x + rx, y : y + ry, z : z + rz])
+            for j, start in enumerate(self._starts.tolist()):
+                box = tuple(slice(s, s + r) for s, r in zip(start, roi, strict=True))
+                out[n + j].copy_(grid_image[(slice(None), *box)])
         elif grid_image.dtype == dtype and dtype.is_floating_point:
             out[n:] = self._resampled_random_crops(grid_image, self._starts)
         else:  # integer or half: resample each crop's own box in float, never the whole volume
@@ -186,7 +199,7 @@ class VoCoCropd(Randomizable, MapTransform):
 
     def _crop_box(self, j: int) -> tuple[tuple[slice, ...], torch.Tensor]:
         """Random crop ``j``'s voxel box in the sampling grid, one voxel of margin for the interpolation
-        (clipped to the grid), and the crop's start relative to that box, (1, 3)."""
+        (clipped to the grid), and the crop's start relative to that box, (1, d)."""
         start = self._starts[j].double()
         low = torch.clamp(torch.floor(start) - 1, min=0).long()
         high = torch.minimum(torch.ceil(start + self.crop_extent).long() + 1, self.sampling_shape)
@@ -194,24 +207,20 @@ class VoCoCropd(Randomizable, MapTransform):
         return box, (start - low)[None]
 
     def _resampled_random_crops(self, volume: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
-        """(C, *spatial) float -> (k, C, *roi_size) by trilinear resampling of the k boxes of ``crop_extent``
-        voxels that start at ``starts`` (k, 3), in ``volume``'s voxel coordinates."""
+        """(C, *spatial) float -> (k, C, *roi_size) by tri- or bilinear resampling of the k boxes of
+        ``crop_extent`` voxels that start at ``starts`` (k, d), in ``volume``'s voxel coordinates."""
         roi = [int(r) for r in self.roi_size]
-        # one trilinear grid_sample over all k boxes (align_corners=False convention)
+        d, k = self.dims, starts.shape[0]
+        # one grid_sample over all k boxes (align_corners=False convention)
         size = torch.as_tensor(volume.shape[1:], dtype=torch.float64)
-        axes = []
-        for axis in range(3):
+        coordinates = []
+        for axis in reversed(range(d)):  # grid_sample wants the last spatial axis first
             step = self.crop_extent[axis] / roi[axis]
             centres = starts[:, axis, None].double() + (torch.arange(roi[axis]) + 0.5) * step  # (k, r)
-            axes.append(2.0 * centres / size[axis] - 1.0)
-        cx, cy, cz = axes
-        k = starts.shape[0]
-        grid = torch.stack(
-            torch.broadcast_tensors(
-                cz[:, None, None, :], cy[:, None, :, None], cx[:, :, None, None]
-            ),  # grid_sample wants (last, middle, first) spatial axis order
-            dim=-1,
-        ).reshape(1, k * roi[0], roi[1], roi[2], 3)
+            along = [k] + [1] * d
+            along[axis + 1] = roi[axis]
+            coordinates.append((2.0 * centres / size[axis] - 1.0).reshape(along).expand(k, *roi))
+        grid = torch.stack(coordinates, dim=-1).reshape(1, k * roi[0], *roi[1:], d)
         sampled = F.grid_sample(
             volume[None], grid.to(volume.dtype), mode="bilinear", padding_mode="border", align_corners=False
         )[0]
@@ -222,7 +231,7 @@ class VoCoCropd(Randomizable, MapTransform):
         """Per crop: the axes to flip, the number of 90-degree turns and the intensity offset, from ``self.R``."""
         plan = []
         for _ in range(num):
-            flips = [axis + 1 for axis in range(3) if self.R.rand() < self.flip_prob]
+            flips = [axis + 1 for axis in range(self.dims) if self.R.rand() < self.flip_prob]
             turns = int(self.R.randint(1, 4)) if self.R.rand() < self.rot90_prob else 0
             shift = 0.0
             if self.R.rand() < self.shift_intensity_prob:
@@ -253,9 +262,10 @@ class VoCoCropd(Randomizable, MapTransform):
         for key in self.key_iterator(d):
             value = d[key]
             image = convert_to_tensor(value.as_tensor() if isinstance(value, MetaTensor) else value, track_meta=False)
-            if image.ndim != 4:
+            if image.ndim != self.dims + 1:
+                kind = "3D volume (C, X, Y, Z)" if self.dims == 3 else "2D image (C, X, Y)"
                 raise ValueError(
-                    f"VoCoCropd: '{key}' of {volume_name(value)} must be a channel-first 3D volume (C, X, Y, Z), "
+                    f"VoCoCropd: '{key}' of {volume_name(value)} must be a channel-first {kind}, "
                     f"got shape {tuple(image.shape)}."
                 )
             if not image.is_floating_point() and image.dtype != torch.uint8:

@@ -55,14 +55,15 @@ class LoadVolumed(LoadImaged):
 class CheckVolumed(MapTransform):
     """Reject volumes that would train on garbage, naming the file.
 
-    Checks that each image is channel-first 3D (C, X, Y, Z), optionally that every voxel is finite,
-    and that each spatial size is at least ``min_size`` (use it after foreground cropping to catch
-    volumes with almost no foreground).
+    Checks that each image is channel-first 3D (C, X, Y, Z) (or 2D (C, X, Y) with ``spatial_dims`` 2),
+    optionally that every voxel is finite, and that each spatial size is at least ``min_size`` (use it
+    after foreground cropping to catch volumes with almost no foreground).
 
     Args:
         keys: images to check.
         min_size: smallest allowed spatial size per axis, or None for no check.
         allow_non_finite: accept NaN and inf voxels.
+        spatial_dims: 3 for volumes, 2 for images (radiographs).
     """
 
     def __init__(
@@ -71,10 +72,12 @@ class CheckVolumed(MapTransform):
         min_size: Sequence[int] | None = None,
         allow_non_finite: bool = False,
         allow_missing_keys: bool = False,
+        spatial_dims: int = 3,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.min_size = None if min_size is None else tuple(int(s) for s in min_size)
         self.allow_non_finite = allow_non_finite
+        self.spatial_dims = int(spatial_dims)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
@@ -82,8 +85,11 @@ class CheckVolumed(MapTransform):
             image = d[key]
             name = volume_name(image, fallback=f"'{key}'")
             shape = tuple(image.shape)
-            if len(shape) != 4:
-                raise VolumeError(f"{name}: expected a 3D volume with a channel axis (C, X, Y, Z), got shape {shape}.")
+            if len(shape) != self.spatial_dims + 1:
+                kind = (
+                    "a 3D volume with a channel axis (C, X, Y, Z)" if self.spatial_dims == 3 else "a 2D image (C, X, Y)"
+                )
+                raise VolumeError(f"{name}: expected {kind}, got shape {shape}.")
             if not self.allow_non_finite:
                 tensor = torch.as_tensor(image)
                 if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
