@@ -54,7 +54,7 @@ def volume_files(source: str | Path, suffixes: Sequence[str] = VOLUME_SUFFIXES) 
             the message names it.
     """
     path = Path(source)
-    kinds = f"files ({', '.join(suffixes)}) or DICOM series folders"
+    kinds = f"volume files ({', '.join(suffixes)})" + (" or DICOM series folders" if _series_allowed(suffixes) else "")
     if _series_allowed(suffixes) and is_dicom_folder(path):
         others = sorted(p.name for p in path.iterdir() if _is_volume(p, suffixes))
         if others:

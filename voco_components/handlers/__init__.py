@@ -2,7 +2,7 @@
 online probe, training cost, and the Dice, classification (single- and multi-label) and feature writers."""
 
 from .checkpoint import BestMetricSaver, ResumeHandler, StepCheckpointSaver
-from .classification import ClassificationReport, ProbabilityWriter, write_probabilities
+from .classification import ClassificationReport, ProbabilityCollector, ProbabilityWriter, write_probabilities
 from .dice_table import DiceTableWriter
 from .ema_teacher import EMATeacherHandler
 from .export import EncoderExportHandler, ModelExportHandler
@@ -19,6 +19,7 @@ __all__ = [
     "ResumeHandler",
     "StepCheckpointSaver",
     "ClassificationReport",
+    "ProbabilityCollector",
     "ProbabilityWriter",
     "write_probabilities",
     "DiceTableWriter",

@@ -22,6 +22,7 @@ from voco_components.utils import atomic_save_text, is_main_process
 
 __all__ = [
     "write_probabilities",
+    "ProbabilityCollector",
     "ClassificationReport",
     "ProbabilityWriter",
 ]
@@ -92,8 +93,9 @@ def write_probabilities(
     return csv_path, json_path
 
 
-class _ProbabilityCollector(ABC):
-    """Collect each evaluated volume's input path, class probabilities and (when given) label.
+class ProbabilityCollector(ABC):
+    """Collect each evaluated volume's input path, class probabilities and (when given) label; subclasses
+    change :meth:`check` and :meth:`read_label` for other kinds of output (multi-label: sigmoid outputs).
 
     Needs a decollating evaluator whose ``postprocessing`` leaves softmax probabilities (C,) in
     ``pred``, and the input path under ``path_key`` in each batch item (e.g. ``CopyItemsd`` of the image
@@ -121,15 +123,23 @@ class _ProbabilityCollector(ABC):
             raise TypeError(f"{type(self).__name__} needs a decollating evaluator (decollate=True).")
         for item, result in zip(batch, output, strict=True):
             probabilities = torch.as_tensor(result["pred"]).detach().cpu().double().flatten().numpy()
-            if probabilities.shape != (len(self.class_names),) or not np.isclose(probabilities.sum(), 1.0, atol=1e-4):
-                raise ValueError(
-                    f"{item[self.path_key]}: pred must be {len(self.class_names)} softmax probabilities, got "
-                    f"{probabilities.tolist()}; put Activationsd(keys='pred', softmax=True) in the postprocessing."
-                )
+            self.check(item[self.path_key], probabilities)
             label = result.get("label")
             self.images.append(str(item[self.path_key]))
             self.probabilities.append(probabilities)
-            self.labels.append(None if label is None else int(torch.as_tensor(label).item()))
+            self.labels.append(None if label is None else self.read_label(torch.as_tensor(label)))
+
+    def check(self, path: str, probabilities: np.ndarray) -> None:
+        """Refuse a ``pred`` that is not C softmax probabilities, naming the input."""
+        if probabilities.shape != (len(self.class_names),) or not np.isclose(probabilities.sum(), 1.0, atol=1e-4):
+            raise ValueError(
+                f"{path}: pred must be {len(self.class_names)} softmax probabilities, got "
+                f"{probabilities.tolist()}; put Activationsd(keys='pred', softmax=True) in the postprocessing."
+            )
+
+    def read_label(self, label: torch.Tensor) -> Any:
+        """The class index of a label tensor."""
+        return int(label.item())
 
     def _stacked(self) -> np.ndarray:
         return np.stack(self.probabilities) if self.probabilities else np.zeros((0, len(self.class_names)))
@@ -143,7 +153,7 @@ class _ProbabilityCollector(ABC):
         """Write the files of the volumes collected in the last run."""
 
 
-class ClassificationReport(_ProbabilityCollector):
+class ClassificationReport(ProbabilityCollector):
     """Evaluator handler: after each run, write accuracy, per-class AUC and the confusion matrix.
 
     Files in ``output_dir``: ``metrics.json`` and ``metrics.csv`` (per class: one-vs-rest ``auc``,
@@ -205,7 +215,7 @@ class ClassificationReport(_ProbabilityCollector):
         )
 
 
-class ProbabilityWriter(_ProbabilityCollector):
+class ProbabilityWriter(ProbabilityCollector):
     """Inference handler: after each run, write every volume's class probabilities with its input path.
 
     Files: ``<output_dir>/<stem>.json`` and ``<output_dir>/<stem>.csv`` (:func:`write_probabilities`).
@@ -228,6 +238,9 @@ class ProbabilityWriter(_ProbabilityCollector):
         self.output_dir = Path(output_dir)
         self.stem = stem
 
+    write_table = staticmethod(write_probabilities)
+    """Writes ``<stem>.csv`` and ``<stem>.json``; multi-label writers write their own columns."""
+
     def write(self) -> None:
-        csv_path, _ = write_probabilities(self.output_dir, self.stem, self.class_names, self.images, self._stacked())
-        logger.info(f"wrote the class probabilities of {len(self.images)} volumes to {csv_path} and .json")
+        csv_path, _ = self.write_table(self.output_dir, self.stem, self.class_names, self.images, self._stacked())
+        logger.info(f"wrote the class probabilities of {len(self.images)} inputs to {csv_path} and .json")

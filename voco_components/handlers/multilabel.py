@@ -13,11 +13,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from ignite.engine import Engine, Events
 
 from voco_components.evaluation.reports import json_number, write_class_table
+from voco_components.handlers.classification import ProbabilityCollector, ProbabilityWriter
 from voco_components.metrics.multilabel import auc_summary
-from voco_components.utils import atomic_save_text, is_main_process
+from voco_components.utils import atomic_save_text
 
 __all__ = [
     "write_multilabel_probabilities",
@@ -78,7 +78,7 @@ def write_multilabel_probabilities(
     return csv_path, json_path
 
 
-class _MultiLabelCollector:
+class _MultiLabelCollector(ProbabilityCollector):
     """Collect each evaluated image's input path, class probabilities and (when given) 0/1 labels.
 
     Needs a decollating evaluator whose ``postprocessing`` leaves sigmoid probabilities (C,) in ``pred`` and the
@@ -86,48 +86,18 @@ class _MultiLabelCollector:
     Collection restarts at every run of the engine; the files are written by the main process.
     """
 
-    def __init__(self, class_names: Sequence[str], path_key: str = "source_path") -> None:
-        self.class_names = list(class_names)
-        self.path_key = path_key
-        self.images: list[str] = []
-        self.probabilities: list[np.ndarray] = []
-        self.labels: list[np.ndarray | None] = []
+    def check(self, path: str, probabilities: np.ndarray) -> None:
+        """Refuse a ``pred`` that is not C probabilities in [0, 1], naming the input."""
+        in_range = bool(((probabilities >= 0) & (probabilities <= 1)).all())
+        if probabilities.shape != (len(self.class_names),) or not in_range:
+            raise ValueError(
+                f"{path}: pred must be {len(self.class_names)} probabilities in [0, 1], got "
+                f"{probabilities.tolist()}; put Activationsd(keys='pred', sigmoid=True) in the postprocessing."
+            )
 
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.STARTED, self._reset)
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
-        engine.add_event_handler(Events.COMPLETED, self._complete)
-
-    def _reset(self, engine: Engine) -> None:
-        self.images, self.probabilities, self.labels = [], [], []
-
-    def _collect(self, engine: Engine) -> None:
-        batch, output = engine.state.batch, engine.state.output
-        if not isinstance(output, list) or not isinstance(batch, list):
-            raise TypeError(f"{type(self).__name__} needs a decollating evaluator (decollate=True).")
-        for item, result in zip(batch, output, strict=True):
-            probabilities = torch.as_tensor(result["pred"]).detach().cpu().double().flatten().numpy()
-            in_range = bool(((probabilities >= 0) & (probabilities <= 1)).all())
-            if probabilities.shape != (len(self.class_names),) or not in_range:
-                raise ValueError(
-                    f"{item[self.path_key]}: pred must be {len(self.class_names)} probabilities in [0, 1], got "
-                    f"{probabilities.tolist()}; put Activationsd(keys='pred', sigmoid=True) in the postprocessing."
-                )
-            label = result.get("label")
-            self.images.append(str(item[self.path_key]))
-            self.probabilities.append(probabilities)
-            self.labels.append(None if label is None else torch.as_tensor(label).cpu().flatten().round().numpy())
-
-    def _stacked(self) -> np.ndarray:
-        return np.stack(self.probabilities) if self.probabilities else np.zeros((0, len(self.class_names)))
-
-    def _complete(self, engine: Engine) -> None:
-        if is_main_process():
-            self.write()
-
-    def write(self) -> None:
-        """Write the files of the images collected in the last run."""
-        raise NotImplementedError
+    def read_label(self, label: torch.Tensor) -> np.ndarray:
+        """The (C,) 0/1 labels of a label tensor."""
+        return label.cpu().flatten().round().numpy()
 
 
 class MultiLabelReport(_MultiLabelCollector):
@@ -185,31 +155,11 @@ class MultiLabelReport(_MultiLabelCollector):
         )
 
 
-class MultiLabelProbabilityWriter(_MultiLabelCollector):
+class MultiLabelProbabilityWriter(_MultiLabelCollector, ProbabilityWriter):
     """Inference handler: after each run, write every image's class probabilities with its input path.
 
-    Files: ``<output_dir>/<stem>.json`` and ``<output_dir>/<stem>.csv`` (:func:`write_multilabel_probabilities`).
-
-    Args:
-        output_dir: destination folder.
-        class_names: names of the classes, in output order.
-        stem: file name without extension.
-        path_key: batch key of the input path.
+    Files: ``<output_dir>/<stem>.json`` and ``<output_dir>/<stem>.csv`` (:func:`write_multilabel_probabilities`);
+    the arguments are :class:`~voco_components.handlers.classification.ProbabilityWriter`'s.
     """
 
-    def __init__(
-        self,
-        output_dir: str | Path,
-        class_names: Sequence[str],
-        stem: str = "probabilities",
-        path_key: str = "source_path",
-    ) -> None:
-        super().__init__(class_names, path_key)
-        self.output_dir = Path(output_dir)
-        self.stem = stem
-
-    def write(self) -> None:
-        csv_path, _ = write_multilabel_probabilities(
-            self.output_dir, self.stem, self.class_names, self.images, self._stacked()
-        )
-        logger.info(f"wrote the class probabilities of {len(self.images)} images to {csv_path} and .json")
+    write_table = staticmethod(write_multilabel_probabilities)
