@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from voco_components.evaluation.reports import json_number, write_class_table
-from voco_components.handlers.classification import ProbabilityCollector, ProbabilityWriter
+from voco_components.handlers.classification import ClassificationReport, ProbabilityCollector, ProbabilityWriter
 from voco_components.metrics.multilabel import auc_summary
 from voco_components.utils import atomic_save_text
 
@@ -100,7 +100,7 @@ class _MultiLabelCollector(ProbabilityCollector):
         return label.cpu().flatten().round().numpy()
 
 
-class MultiLabelReport(_MultiLabelCollector):
+class MultiLabelReport(_MultiLabelCollector, ClassificationReport):
     """Evaluator handler: after each run, write per-class AUCs, their mean and every image's probabilities.
 
     Files in ``output_dir``: ``metrics.json`` and ``metrics.csv`` (per class: ``auc``, the number of
@@ -115,17 +115,6 @@ class MultiLabelReport(_MultiLabelCollector):
         extra: further JSON-serialisable facts for ``metrics.json`` (the checkpoint, the datalist, ...).
         path_key: batch key of the input path.
     """
-
-    def __init__(
-        self,
-        output_dir: str | Path,
-        class_names: Sequence[str],
-        extra: dict[str, Any] | None = None,
-        path_key: str = "source_path",
-    ) -> None:
-        super().__init__(class_names, path_key)
-        self.output_dir = Path(output_dir)
-        self.extra = dict(extra or {})
 
     def summary(self) -> dict[str, Any]:
         """:func:`voco_components.metrics.multilabel.auc_summary` of the images collected so far."""
