@@ -87,16 +87,9 @@ def load_comparison(path: str | Path) -> Comparison:
     e.g. the measured time of each part). A method may not override the corpus, the budget or the seed.
     """
     source = str(path)
-    raw = read_json(path, "comparison")
-    if not isinstance(raw, dict):
-        raise _fail(source, "a comparison is a JSON object.")
-    known = set(Comparison.__dataclass_fields__) - {"source"}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise _fail(source, f"unknown keys {unknown}; known keys are {sorted(known)}.")
-    missing = sorted({"methods", "budget", "protocols"} - set(raw))
-    if missing:
-        raise _fail(source, f"missing keys {missing}.")
+    raw = label_efficiency.read_settings(
+        path, "comparison", "comparison", Comparison, ("methods", "budget", "protocols")
+    )
     comparison = Comparison(source=source, **raw)
     _check(comparison)
     return comparison

@@ -41,6 +41,7 @@ from voco_components.networks.weights import load_pretrained
 from voco_components.utils import atomic_save, atomic_save_text
 
 __all__ = [
+    "read_settings",
     "TASKS",
     "PROBES",
     "RESULT_COLUMNS",
@@ -117,6 +118,24 @@ def _fail(source: str, problem: str) -> ValueError:
     return ValueError(f"{source}: {problem}")
 
 
+def read_settings(path: str | Path, what: str, noun: str, settings_type: type, required: Sequence[str]) -> dict:
+    """The JSON object of a settings file (a protocol, a comparison) whose keys are the fields of the dataclass
+    ``settings_type`` but ``source``; a ValueError naming the file for anything else or a missing ``required`` key.
+    """
+    source = str(path)
+    raw = read_json(path, what)
+    if not isinstance(raw, dict):
+        raise _fail(source, f"a {noun} is a JSON object.")
+    known = set(settings_type.__dataclass_fields__) - {"source"}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise _fail(source, f"unknown keys {unknown}; known keys are {sorted(known)}.")
+    missing = sorted(set(required) - set(raw))
+    if missing:
+        raise _fail(source, f"missing keys {missing}.")
+    return raw
+
+
 def load_protocol(path: str | Path, init_paths: dict[str, str] | None = None) -> Protocol:
     """Read and check a protocol file.
 
@@ -134,16 +153,8 @@ def load_protocol(path: str | Path, init_paths: dict[str, str] | None = None) ->
     ``init_paths`` replace checkpoints of the file (``--init name=path``, or ``--init name=voco_b``).
     """
     source = str(path)
-    raw = read_json(path, "label-efficiency protocol")
-    if not isinstance(raw, dict):
-        raise _fail(source, "a protocol is a JSON object.")
-    known = set(Protocol.__dataclass_fields__) - {"source"}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise _fail(source, f"unknown keys {unknown}; known keys are {sorted(known)}.")
-    missing = sorted(k for k in ("bundle", "inits", "probes", "budgets", "budget_unit", "split_seeds") if k not in raw)
-    if missing:
-        raise _fail(source, f"missing keys {missing}.")
+    required = ("bundle", "inits", "probes", "budgets", "budget_unit", "split_seeds")
+    raw = read_settings(path, "label-efficiency protocol", "protocol", Protocol, required)
     settings = {"train_seeds": [0], "steps": {}, "dataset_dir": "", **raw}
     inits = {**settings["inits"], **(init_paths or {})}
     protocol = Protocol(source=source, **{**settings, "inits": inits})
