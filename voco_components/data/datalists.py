@@ -84,6 +84,8 @@ def _resolve(entry: Any, bases: Sequence[Path]) -> Any:
     ``series``, so that outputs named after a series folder get its name."""
     if isinstance(entry, str) and entry:
         candidates = [base / entry for base in bases]
+        if len(bases) == 1 or Path(entry).is_absolute():  # one place to look: no file system query
+            return str(candidates[0])
         return str(next((c for c in candidates if c.exists()), candidates[0]))
     if isinstance(entry, list):
         return [_resolve(e, bases) for e in entry]
