@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -100,8 +101,16 @@ class Server:
     def __init__(self, url: str, process: subprocess.Popen, log: Path, app: Path, studies: Path) -> None:
         self.url, self.process, self.log, self.app, self.studies = url, process, log, app, studies
 
-    def log_tail(self, lines: int = 60) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+    def log_tail(self, lines: int = 60, settle_s: float = 5.0) -> str:
+        """The last ``lines`` of the log once it has stopped growing (the server writes a request's traceback
+        after its answer), preceded by every exception message in it, which a long traceback pushes out."""
+        size, deadline = -1, time.monotonic() + settle_s
+        while size != self.log.stat().st_size and time.monotonic() < deadline:
+            size = self.log.stat().st_size
+            time.sleep(0.5)
+        text = self.log.read_text(errors="replace").splitlines()
+        raised = [line for line in text if re.match(r"^[\w.]*(Error|Exception)\b.*: ", line)]
+        return "\n".join(["--- exceptions:", *raised, f"--- last {lines} lines:", *text[-lines:]])
 
     def call(self, method: str, path: str, *, body: bytes | None = None, content_type: str | None = None, timeout=60):
         """The response body of ``method path``; an HTTP error fails with the server's answer and log."""

@@ -97,6 +97,19 @@ def test_network_input_and_output_match_the_metadata(name):
     )
 
 
+SERVED_IDS = ("preprocessing", "inferer", "postprocessing", "network_def")  # what MONAI Label's bundle tasks build
+
+
+def test_served_parts_build_without_a_datalist(name, tmp_path):
+    """MONAI Label serves a bundle from its own datastore: it instantiates the inference config's preprocessing,
+    inferer, postprocessing and network without any dataset, so none of them may read the datalist."""
+    parser = network_parser(name)
+    parser["dataset_dir"] = str(tmp_path / "absent")
+    parser["datalist"] = str(tmp_path / "absent" / "datalist.json")
+    built = {key: parser.get_parsed_content(key, instantiate=True) for key in SERVED_IDS if key in parser}
+    assert "network_def" in built and "preprocessing" in built, sorted(built)
+
+
 @pytest.mark.parametrize("workflow_type, config", [("train", "train.json"), ("infer", "inference.json")])
 def test_workflow_properties(name, workflow_type, config, tmp_path):
     """``check_properties() == []``; bundle_root is a scratch folder so that nothing is written into the repo."""
