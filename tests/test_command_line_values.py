@@ -134,7 +134,7 @@ def test_false_from_the_command_line_is_false_at_every_consumer(bundle):
     assert checked >= 3
 
 
-@pytest.mark.parametrize("bundle", ["voco_btcv_seg", "voco_covid_cls"])
+@pytest.mark.parametrize("bundle", ["voco_btcv_seg", "voco_covid_cls", "voco_cxr14_cls"])
 def test_pretrained_null_from_the_command_line_is_none(bundle):
     config = ConfigParser.load_config_files([str(BUNDLES / bundle / "configs" / "train.json")])
     items = consumers(config, "pretrained", "as_optional")

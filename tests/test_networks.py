@@ -386,3 +386,14 @@ def test_2d_unet_encoder_loads_into_basicunet_2d():
         expected = full.conv_0(x)
         torch.testing.assert_close(levels[0], expected)
         assert encoder(x).shape == (2, sum(UNET_FEATURES[:5]))
+
+
+def test_classifier_head_starts_at_zero_or_from_a_small_normal():
+    torch.manual_seed(0)
+    zero = SwinClassifier(num_classes=14, feature_size=FS, window_size=4, spatial_dims=2)
+    assert not zero.head.weight.any() and not zero.head.bias.any()
+    small = SwinClassifier(num_classes=14, feature_size=FS, window_size=4, spatial_dims=2, head_init_std=0.02)
+    assert not small.head.bias.any()
+    assert float(small.head.weight.std()) == pytest.approx(0.02, rel=0.1)  # 14 x 192 draws
+    with pytest.raises(ValueError, match="head_init_std"):
+        SwinClassifier(num_classes=2, feature_size=FS, window_size=4, head_init_std=-1.0)

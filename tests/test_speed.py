@@ -63,7 +63,7 @@ def test_ema_foreach_update_equals_the_loop_formula_bit_for_bit():
 
 
 @pytest.mark.parametrize("attention, expected", [("sdpa", True), ("monai", False)])
-@pytest.mark.parametrize("bundle", ["voco_pretrain", "voco_btcv_seg", "voco_covid_cls"])
+@pytest.mark.parametrize("bundle", ["voco_pretrain", "voco_btcv_seg", "voco_covid_cls", "voco_cxr14_cls"])
 def test_bundle_attention_id_reaches_the_network(bundle, attention, expected):
     parser = ConfigParser()
     parser.read_config([str(BUNDLES / bundle / "configs" / "train.json")])

@@ -40,7 +40,7 @@ def main() -> None:
     runs = {"VoCo": load(args.pretrained), "scratch": load(args.scratch)}
     metrics, images = runs["VoCo"]
     findings = [row["class"] for row in metrics["classes"]]
-    scratch = {row["image"]: row for row in runs["scratch"][1]}
+    scratch = {Path(row["image"]).name: row for row in runs["scratch"][1]}  # each run may have its own demo copy
 
     figure = plt.figure(figsize=(15, 7.2), layout="constrained")
     left, right = figure.subfigures(1, 2, width_ratios=[1.45, 1])
@@ -53,7 +53,7 @@ def main() -> None:
             ax.set_title(f"{finding}\n(no test image)", fontsize=8)
             continue
         ax.imshow(np.asarray(Image.open(row["image"])), cmap="gray")
-        p_voco, p_scratch = row["probabilities"][finding], scratch[row["image"]]["probabilities"][finding]
+        p_voco, p_scratch = row["probabilities"][finding], scratch[Path(row["image"]).name]["probabilities"][finding]
         ax.set_title(f"{finding}\nVoCo {p_voco:.2f} / scratch {p_scratch:.2f}", fontsize=8)
     left.suptitle("one test image per finding: the probability each model gives it", fontsize=10)
 
