@@ -6,7 +6,9 @@ criterion and optimiser, with AMP as the bundle sets it on the device. One step 
 device, the forward pass, the loss, the backward pass and the optimiser update for ``--volumes`` volumes (the crops
 are cut beforehand from a random uint8 volume of the sampling grid, as the data-loader workers would). Every
 (method, size) runs in its own subprocess, so that its peak memory (CUDA: peak allocation; CPU: peak resident
-set) is its own.
+set) is its own. The floating-point operations of one step (forward and backward, as
+``torch.utils.flop_counter`` counts them) are counted during the untimed warm-up step; at paper size they give the
+GPU time of a budget at an assumed sustained throughput (``--tflops``, 100 by default).
 
 Sizes: ``demo`` is the CPU demo (``cpu_demo.json``: feature size 12, 32³ crops, 2 volumes a step); ``paper`` is
 ``train.json`` (feature size 48, 64³ crops) with ``--volumes`` volumes a step (1 by default; the paper's batch is 4).
@@ -26,6 +28,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "bundles" / "voco_pretrain" / "configs"
@@ -39,7 +42,7 @@ def _peak_memory_mib(device: torch.device) -> float:
 
 
 def measure(method: str, size: str, volumes: int | None, repeats: int, device: torch.device) -> dict:
-    """Median step time (after one warm-up step) and peak memory of ``method`` at ``size``."""
+    """Median step time (after one warm-up step), peak memory and FLOPs of a step of ``method`` at ``size``."""
     import tempfile
 
     from monai.bundle import ConfigParser
@@ -79,19 +82,20 @@ def measure(method: str, size: str, volumes: int | None, repeats: int, device: t
         batches.append(default_collate(items))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    times = []
-    for batch in batches:
+    times, counter = [], FlopCounterMode(display=False)
+    for step, batch in enumerate(batches):
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         start = time.perf_counter()
-        prepared = prepare(batch, device)
-        inputs, targets = prepared[:2]
-        args, kwargs = prepared[2:] if len(prepared) == 4 else ((), {})
-        with torch.autocast(device.type, **autocast) if autocast else nullcontext():
-            output = network(inputs, *args, **kwargs)
-        loss = criterion(output, targets)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        with counter if step == 0 else nullcontext():  # the warm-up step, not timed
+            prepared = prepare(batch, device)
+            inputs, targets = prepared[:2]
+            args, kwargs = prepared[2:] if len(prepared) == 4 else ((), {})
+            with torch.autocast(device.type, **autocast) if autocast else nullcontext():
+                output = network(inputs, *args, **kwargs)
+            loss = criterion(output, targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
         optimizer.step()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -105,6 +109,7 @@ def measure(method: str, size: str, volumes: int | None, repeats: int, device: t
         "voxels_per_step": voxels,
         "step_s": statistics.median(times[1:]),
         "peak_mib": _peak_memory_mib(device),
+        "tflop_per_step": counter.get_total_flops() / 1e12,
         "loss": float(loss.detach()),
     }
 
@@ -116,6 +121,8 @@ def main() -> None:
     parser.add_argument("--volumes", type=int, default=1, help="volumes per step at paper size (demo: its own 2)")
     parser.add_argument("--repeats", type=int, default=3, help="timed steps after one warm-up step")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--steps", type=int, default=100_000, help="the budget's steps, for the GPU-hours column")
+    parser.add_argument("--tflops", type=float, default=100.0, help="assumed sustained TFLOP/s of the GPU")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -126,8 +133,10 @@ def main() -> None:
         return
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {gpu}; torch {torch.__version__}; median of {args.repeats} steps after 1 warm-up step")
-    print("| method | size | volumes | crops / step | voxels / step | s / step | peak memory (MiB) |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    print(f"GPU hours: {args.steps} steps of this many volumes at a sustained {args.tflops:g} TFLOP/s (an assumption)")
+    columns = ["method", "size", "volumes", "crops / step", "voxels / step", "s / step", "peak memory (MiB)"]
+    print("| " + " | ".join([*columns, "TFLOP / step", "GPU hours"]) + " |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for size in args.sizes:
         for method in args.methods:
             command = [sys.executable, __file__, "--child", f"{method}:{size}", "--volumes", str(args.volumes)]
@@ -135,12 +144,13 @@ def main() -> None:
             done = subprocess.run(command, capture_output=True, text=True, check=False)
             if done.returncode != 0:
                 error = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"
-                print(f"| {method} | {size} | | | | failed: {error} | |", flush=True)
+                print(f"| {method} | {size} | | | | failed: {error} | | | |", flush=True)
                 continue
             r = json.loads(done.stdout.strip().splitlines()[-1])
+            gpu_hours = args.steps * r["tflop_per_step"] / args.tflops / 3600
             print(
                 f"| {method} | {size} | {r['volumes']} | {r['crops_per_step']} | {r['voxels_per_step'] / 1e6:.2f} M "
-                f"| {r['step_s']:.3f} | {r['peak_mib']:.0f} |",
+                f"| {r['step_s']:.3f} | {r['peak_mib']:.0f} | {r['tflop_per_step']:.3f} | {gpu_hours:.1f} |",
                 flush=True,
             )
 

@@ -78,6 +78,27 @@ def test_comparison_errors_name_the_file(tmp_path, small_demo):
         assert str(path) in str(error.value)
 
 
+def test_protocols_of_one_file_name_get_a_folder_per_bundle(tmp_path, small_demo):
+    """The bundles all name their CPU protocol ``cpu_demo_protocol.json``: a comparison runs each in its own folder,
+    and refuses two protocols that would share one."""
+    good = json.loads(write_comparison(tmp_path, small_demo).read_text())
+    content = json.loads((tmp_path / "protocol.json").read_text())
+    paths = []
+    for folder, bundle in (("a", "voco_covid_cls"), ("b", "voco_btcv_seg"), ("c", "voco_covid_cls")):
+        (tmp_path / folder).mkdir()
+        paths.append(tmp_path / folder / "cpu_demo_protocol.json")
+        paths[-1].write_text(json.dumps({**content, "bundle": bundle}))
+    names = [comparison.protocol_name(p) for p in paths[:2]]
+    assert names == ["voco_covid_cls_cpu_demo_protocol", "voco_btcv_seg_cpu_demo_protocol"]
+    both = tmp_path / "both.json"
+    both.write_text(json.dumps({**good, "protocols": [str(p) for p in paths[:2]]}))
+    assert comparison.load_comparison(both).protocols == [str(p) for p in paths[:2]]
+    clash = tmp_path / "clash.json"
+    clash.write_text(json.dumps({**good, "protocols": [str(paths[0]), str(paths[2])]}))
+    with pytest.raises(ValueError, match=r"clash.json: two protocols of one bundle .*voco_covid_cls_cpu_demo"):
+        comparison.load_comparison(clash)
+
+
 def test_shipped_comparisons_load_and_give_every_method_the_same_budget(monkeypatch):
     monkeypatch.chdir(REPO)
     for path in sorted(SHIPPED.glob("*.json")):
@@ -125,13 +146,13 @@ def test_runner_killed_mid_pretraining_resumes_and_summarises(tmp_path, small_de
         assert all(k.startswith("swinViT.") for k in state)
     assert records["simclr"]["settings"] == {"temperature": 0.5}
 
-    protocol = json.loads((out / "protocols" / "protocol.json").read_text())
+    protocol = json.loads((out / "protocols" / "voco_covid_cls_protocol.json").read_text())
     assert protocol["inits"] == {
         "voco": records["voco"]["export"],
         "simclr": records["simclr"]["export"],
         "scratch": None,
     }
-    rows = list(csv.DictReader(open(out / "protocols" / "protocol" / "results.csv")))
+    rows = list(csv.DictReader(open(out / "protocols" / "voco_covid_cls_protocol" / "results.csv")))
     assert {r["init"] for r in rows} == {"voco", "simclr", "scratch"}
     done = result_files(out)
     assert len(done) == 3 * 2 * 2  # inits x budgets x split seeds

@@ -17,6 +17,7 @@ from monai.networks.nets import SwinUNETR
 from conftest import BUNDLES, assert_resumes_exactly, bundle_workflow, first_in_chain, run_bundle_cli
 from voco_components.apps import demo_cxr
 from voco_components.apps.cxr14 import FINDINGS
+from voco_components.networks import UNetEncoder
 
 CLS = BUNDLES / "voco_cxr14_cls"
 PRETRAIN_2D = ("train.json", "cxr14.json")
@@ -198,6 +199,41 @@ def test_missing_default_pretrained_says_to_run_voco_pretrain_or_pass_null(tmp_p
 def test_a_3d_encoder_is_refused(tmp_path, demo, voco_encoder):
     with pytest.raises(RuntimeError) as info:
         classifier(tmp_path, demo, pretrained=str(voco_encoder))
+    assert "does not fit this network" in str(first_in_chain(info.value, ValueError))
+
+
+# ---------------------------------------------------------------- the 2D CNN option
+
+TINY_CNN = {"cnn_features": [8, 8, 16, 32, 64, 8]}
+
+
+@pytest.mark.slow  # a 2-step 2D CNN pretraining, then one classifier epoch from its export
+def test_the_cnn_option_pretrains_exports_and_fine_tunes(tmp_path, demo, capsys):
+    """``cxr14_cnn.json``: VoCo on BasicUNet's 2D contracting path; ``cnn.json``: the classifier on it."""
+    pretrained = pretrain(tmp_path / "pretrain", demo, configs=(*PRETRAIN_2D, "cxr14_cnn.json"), **TINY_CNN)
+    pretrained.run()
+    pretrained.finalize()
+    export = tmp_path / "pretrain" / "models" / "model_cxr14_cnn.pt"
+    exported = torch.load(export, weights_only=True)
+    reference = UNetEncoder(spatial_dims=2, features=TINY_CNN["cnn_features"]).state_dict()
+    assert {k: v.shape for k, v in exported.items()} == {k: v.shape for k, v in reference.items()}
+    info = json.loads(export.with_suffix(".json").read_text())
+    assert info["encoder"] == "UNetEncoder" and info["cnn_features"] == TINY_CNN["cnn_features"]
+    capsys.readouterr()
+    wf = classifier(tmp_path / "cls", demo, configs=("train.json", "cnn.json"), pretrained=str(export), **TINY_CNN)
+    state = wf.parser.get_parsed_content("network").state_dict()
+    assert {k for k in state if k not in exported} == {"head.weight", "head.bias"}
+    assert all(torch.equal(state[k].cpu(), v) for k, v in exported.items())
+    assert f"loaded {len(exported)} tensors (100.0% of the encoder)" in capsys.readouterr().out
+    wf.run()
+    wf.finalize()
+    model = torch.load(tmp_path / "cls" / "models" / "model.pt", weights_only=True)
+    assert model["head.weight"].shape == (14, TINY_CNN["cnn_features"][4])
+
+
+def test_a_swin_encoder_is_refused_by_the_cnn_classifier(tmp_path, demo, encoder_2d):
+    with pytest.raises(RuntimeError) as info:
+        classifier(tmp_path, demo, configs=("train.json", "cnn.json"), pretrained=str(encoder_2d), **TINY_CNN)
     assert "does not fit this network" in str(first_in_chain(info.value, ValueError))
 
 

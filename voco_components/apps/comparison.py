@@ -33,6 +33,7 @@ __all__ = [
     "BUDGET_KEYS",
     "Comparison",
     "load_comparison",
+    "protocol_name",
     "pretrain_method",
     "run_comparison",
     "summarize",
@@ -125,6 +126,17 @@ def _check(c: Comparison) -> None:
     for protocol in c.protocols:
         if not Path(protocol).is_file():
             raise _fail(c.source, f"protocol {protocol} not found.")
+    names = [protocol_name(p) for p in c.protocols]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise _fail(c.source, f"two protocols of one bundle with the same file name: {repeated}; rename one.")
+
+
+def protocol_name(protocol: str | Path) -> str:
+    """The folder name of a protocol's runs in a comparison: its bundle and its file name, as in
+    ``voco_covid_cls_cpu_demo_protocol`` (bundles name their protocols alike)."""
+    bundle = read_json(protocol, "label-efficiency protocol").get("bundle", "unknown_bundle")
+    return f"{bundle}_{Path(protocol).stem}"
 
 
 # ---------------------------------------------------------------- pretraining
@@ -207,11 +219,12 @@ def pretrain_method(c: Comparison, method: str, out: Path) -> dict[str, Any]:
 
 
 def derived_protocol(c: Comparison, protocol: str, out: Path, exports: dict[str, str]) -> Path:
-    """``<out>/protocols/<name>.json``: ``protocol`` with the methods' exports and ``scratch`` as its inits."""
+    """``<out>/protocols/<name>.json`` (:func:`protocol_name`): ``protocol`` with the methods' exports and ``scratch``
+    as its inits."""
     raw = read_json(protocol, "label-efficiency protocol")
     raw["inits"] = {**exports, label_efficiency.SCRATCH: None}
     raw.pop("make_missing", None)
-    path = out / "protocols" / f"{Path(protocol).stem}.json"
+    path = out / "protocols" / f"{protocol_name(protocol)}.json"
     text = json.dumps(raw, indent=2) + "\n"
     if path.is_file() and path.read_text() != text:
         raise ValueError(f"{path}: holds another protocol; use a new --out folder for a changed comparison.")
@@ -224,7 +237,8 @@ def run_comparison(config: str | Path, out: str | Path) -> Path:
 
     Writes ``<out>/comparison.json`` (the comparison as run), ``<out>/pretrain/<method>/`` (the bundle's outputs,
     ``model.pt``, ``model.json`` and ``pretrain.json``, the record that marks it done), ``<out>/pretrain/cache``,
-    ``<out>/protocols/<protocol>.json`` and ``<out>/protocols/<protocol>/`` (the label-efficiency runner's folder),
+    ``<out>/protocols/<name>.json`` and ``<out>/protocols/<name>/`` (:func:`protocol_name`; the label-efficiency
+    runner's folder),
     ``<out>/timings.json`` (seconds of each part, summed over the calls) and the summary. Every part already done
     is skipped.
     """
@@ -351,7 +365,7 @@ def summarize(out: str | Path) -> Path:
         "",
         pretraining_markdown(records, timings),
     ]
-    protocols = [Path(p).stem for p in comparison["protocols"]]
+    protocols = [protocol_name(p) for p in comparison["protocols"]]
     curves = []
     for name in protocols:
         folder = out / "protocols" / name

@@ -23,18 +23,28 @@ from monai.bundle import ConfigParser
 
 import voco_components
 from voco_components.apps.demo_covid import demo_covid_dir
+from voco_components.apps.demo_cxr import demo_cxr_dir
 from voco_components.data.datalists import load_datalists, read_json
 from voco_components.data.folds import fold_split
 from voco_components.evaluation.label_splits import (
     BUDGET_UNITS,
     budget_key,
+    patient_sample_splits,
     patient_splits,
     splits_hash,
     splits_text,
     volume_splits,
 )
 from voco_components.evaluation.paired_stats import bootstrap_ci, holm, mean_sd, sign_flip_test
-from voco_components.evaluation.probes import LogisticRegressionProbe, accuracy, balanced_accuracy, knn_predict
+from voco_components.evaluation.probes import (
+    LogisticRegressionProbe,
+    MultiLabelLogisticProbe,
+    accuracy,
+    balanced_accuracy,
+    knn_multilabel_scores,
+    knn_predict,
+)
+from voco_components.metrics.multilabel import auc_summary
 from voco_components.networks.encoders import pool_and_concat
 from voco_components.networks.pretrained_registry import check_architecture, fetch_pretrained, find_pretrained
 from voco_components.networks.weights import load_pretrained
@@ -62,17 +72,24 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-TASKS = {"voco_btcv_seg": "segmentation", "voco_covid_cls": "classification"}
+TASKS = {"voco_btcv_seg": "segmentation", "voco_covid_cls": "classification", "voco_cxr14_cls": "multilabel"}
 """The bundles a protocol can name, and their task."""
+BUDGET_UNITS_OF = {
+    "segmentation": ("volumes",),
+    "classification": ("patients_per_class", "fraction"),
+    "multilabel": ("patients", "fraction"),
+}
+"""The budget units each task takes (of :data:`BUDGET_UNITS`)."""
 PROBES = ("knn", "linear", "frozen", "full")
-"""knn and linear on frozen pooled features (classification, in process); linear (segmentation), frozen and
-full train through the bundle with ``configs/label_efficiency/<probe>.json``."""
+"""knn and linear on frozen pooled features (classification and multi-label, in process); linear
+(segmentation), frozen and full train through the bundle with ``configs/label_efficiency/<probe>.json``."""
 TRAINED_PROBES = ("linear", "frozen", "full")
 RESULT_COLUMNS = ("task", "init", "probe", "budget", "split_seed", "train_seed", "case", "class", "metric", "value")
-PRIMARY_METRIC = {"segmentation": "mean_dice", "classification": "balanced_accuracy"}
+PRIMARY_METRIC = {"segmentation": "mean_dice", "classification": "balanced_accuracy", "multilabel": "mean_auc"}
 SCRATCH = "scratch"
-DEMO_COVID = "demo_covid"
-"""``dataset_dir`` value that generates the synthetic CC-CCII-style demo set in ``<out>/demo_data``."""
+DEMO_SETS = {"demo_covid": demo_covid_dir, "demo_cxr": demo_cxr_dir}
+"""``dataset_dir`` values that generate a demo set in ``<out>/demo_data``: the synthetic CC-CCII-style CTs, and
+the ChestX-ray14-style radiographs (:mod:`voco_components.apps.demo_cxr`)."""
 
 
 @dataclass
@@ -110,8 +127,8 @@ class Protocol:
         return Path("bundles") / self.bundle
 
     def on_features(self, probe: str) -> bool:
-        """Whether ``probe`` runs in process on cached pooled features (classification knn and linear)."""
-        return self.task == "classification" and probe in ("knn", "linear")
+        """Whether ``probe`` runs in process on cached pooled features (knn and linear, but for segmentation)."""
+        return self.task != "segmentation" and probe in ("knn", "linear")
 
 
 def _fail(source: str, problem: str) -> ValueError:
@@ -139,14 +156,17 @@ def read_settings(path: str | Path, what: str, noun: str, settings_type: type, r
 def load_protocol(path: str | Path, init_paths: dict[str, str] | None = None) -> Protocol:
     """Read and check a protocol file.
 
-    Keys: ``bundle`` (``voco_btcv_seg`` or ``voco_covid_cls``), ``dataset_dir`` (or ``"demo_covid"``),
-    ``datalist`` (default ``<dataset_dir>/datalist.json``), ``fold`` (classification: the k-fold datalist's
-    held-out fold is the fixed test set, the other folds are the pool; null: the ``training`` list is the
-    pool and ``validation`` the test set, as for segmentation), ``configs`` (the bundle configs under
+    Keys: ``bundle`` (``voco_btcv_seg``, ``voco_covid_cls`` or ``voco_cxr14_cls``), ``dataset_dir`` (or
+    ``"demo_covid"``, ``"demo_cxr"``), ``datalist`` (default ``<dataset_dir>/datalist.json``), ``fold``
+    (classification: the k-fold datalist's held-out fold is the fixed test set, the other folds are the pool;
+    null: the ``training`` list is the pool and ``validation`` the test set, as for segmentation; multi-label:
+    the ``training`` and ``validation`` lists are the pool and ``testing``, the official test list, is the
+    test set), ``configs`` (the bundle configs under
     ``configs/``, merged in order), ``overrides`` (bundle ids for every run, ``weights_cache`` among them),
     ``inits`` (name -> encoder checkpoint or the name of a published encoder such as ``voco_b``, ``scratch`` ->
-    null), ``probes``, ``budgets`` with ``budget_unit`` (``volumes``, ``patients_per_class`` or ``fraction``),
-    ``stratify``, ``split_seeds``, ``train_seeds``, ``steps``
+    null), ``probes``, ``budgets`` with ``budget_unit`` (:data:`BUDGET_UNITS_OF` the task: ``volumes``;
+    ``patients_per_class`` or ``fraction``; ``patients`` or ``fraction``), ``stratify`` (single-label
+    classification), ``split_seeds``, ``train_seeds``, ``steps``
     (probe -> training steps, for the trained probes), ``knn_k``, ``linear_weight_decay`` and
     ``make_missing`` (init -> a command, an argument list whose ``python`` means this interpreter, that
     writes its checkpoint when it is missing).
@@ -173,7 +193,7 @@ def _check(p: Protocol) -> None:
         raise _fail(p.source, f"probes must be a non-empty subset of {PROBES}, got {p.probes}.")
     if p.task == "segmentation" and "knn" in p.probes:
         raise _fail(p.source, "the knn probe classifies volumes; segmentation probes are linear, frozen and full.")
-    units = ("volumes",) if p.task == "segmentation" else ("patients_per_class", "fraction")
+    units = BUDGET_UNITS_OF[p.task]
     if p.budget_unit not in units:
         raise _fail(p.source, f"budget_unit for {p.task} must be one of {units} (of {BUDGET_UNITS}).")
     if not p.budgets or list(p.budgets) != sorted(set(p.budgets)):
@@ -185,15 +205,16 @@ def _check(p: Protocol) -> None:
     if no_steps:
         raise _fail(p.source, f"steps needs a positive number of training steps for {no_steps}.")
     if not p.dataset_dir:
-        raise _fail(p.source, "dataset_dir is required (a folder, or 'demo_covid' for the synthetic demo set).")
+        raise _fail(p.source, f"dataset_dir is required (a folder, or one of the demo sets {sorted(DEMO_SETS)}).")
 
 
 # ---------------------------------------------------------------- data and splits
 
 
 def resolve_dataset(p: Protocol, out: Path) -> tuple[Path, Path]:
-    """(dataset_dir, datalist) as absolute paths; ``demo_covid`` writes the demo set into ``<out>/demo_data``."""
-    dataset_dir = Path(demo_covid_dir(out / "demo_data")) if p.dataset_dir == DEMO_COVID else Path(p.dataset_dir)
+    """(dataset_dir, datalist) as absolute paths; a demo set (:data:`DEMO_SETS`) is written into ``<out>/demo_data``."""
+    make_demo = DEMO_SETS.get(p.dataset_dir)
+    dataset_dir = Path(make_demo(out / "demo_data")) if make_demo else Path(p.dataset_dir)
     datalist = Path(p.datalist) if p.datalist else dataset_dir / "datalist.json"
     return dataset_dir.resolve(), datalist.resolve()
 
@@ -202,6 +223,9 @@ def pool_and_test(p: Protocol, datalist: Path) -> tuple[list[dict[str, Any]], li
     """The labelled pool and the fixed test set, entries with their image and label paths as written."""
     if p.task == "classification" and p.fold is not None:
         return fold_split(datalist, p.fold)
+    if p.task == "multilabel":
+        pool = [*load_datalists(datalist, "", "training"), *load_datalists(datalist, "", "validation")]
+        return pool, load_datalists(datalist, "", "testing")
     # dataset_dir "" leaves relative paths as written in the datalist
     return load_datalists(datalist, "", "training"), load_datalists(datalist, "", "validation")
 
@@ -212,6 +236,8 @@ def make_splits(p: Protocol, pool: list[dict[str, Any]], test: list[dict[str, An
     for seed in p.split_seeds:
         if p.task == "segmentation":
             budgets, redraws = volume_splits([e["image"] for e in pool], p.budgets, seed), 0
+        elif p.task == "multilabel":
+            budgets, redraws = patient_sample_splits(pool, p.budgets, p.budget_unit, seed), 0
         else:
             budgets, redraws = patient_splits(pool, p.budgets, p.budget_unit, seed, p.stratify)
         splits[str(seed)] = {"budgets": budgets, "redraws": redraws}
@@ -341,8 +367,9 @@ class FeatureCache:
     """Pooled frozen-encoder features of every pool and test volume, per init, cached in ``<out>/features``.
 
     A pretrained init is extracted once; ``scratch`` once per train seed (its random weights depend on the
-    seed). Each file holds ``{"images", "labels", "features" (N, C), "sha256", "num_classes"}`` and is reused
-    only when the checkpoint's SHA-256 matches.
+    seed). Each file holds ``{"images", "labels" ((N,) classes, or (N, K) 0/1 targets for multi-label data),
+    "features" (N, C), "sha256", "num_classes", "class_names"}`` and is reused only when the checkpoint's SHA-256
+    matches.
     """
 
     def __init__(self, p: Protocol, out: Path, dataset_dir: Path, entries: list[dict[str, Any]], inits: dict) -> None:
@@ -407,12 +434,13 @@ class FeatureCache:
                 "features": features,
                 "sha256": self.inits[init]["sha256"],
                 "num_classes": int(parser.get_parsed_content("num_classes")),
+                "class_names": list(parser.get_parsed_content("class_names")),
             }
             atomic_save(record, self.folder / f"{key}.pt")
             self.loaded[key] = record
 
     def get(self, init: str, train_seed: int, images: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(N, C) features and (N,) labels of ``images``, in that order."""
+        """(N, C) features and the labels of ``images`` ((N,) or (N, K)), in that order."""
         record = self.loaded[self.key(init, train_seed)]
         index = {image: i for i, image in enumerate(record["images"])}
         rows = torch.tensor([index[image] for image in images])
@@ -447,23 +475,51 @@ def _classification_rows(
     return rows
 
 
+def _multilabel_rows(
+    p: Protocol, run: Run, scores: np.ndarray, targets: np.ndarray, class_names: Sequence[str]
+) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """Per class ``auc`` and over the classes ``mean_auc`` (:func:`~voco_components.metrics.multilabel.auc_summary`),
+    and the classes the test set cannot score (no positive or no negative image) with the reason, left out of
+    both."""
+    summary = auc_summary(scores, targets, class_names)
+    rows = [
+        _row(p, run, "all", name, "auc", value)
+        for name, value in zip(class_names, summary["auc"], strict=True)
+        if np.isfinite(value)
+    ]
+    rows.append(_row(p, run, "all", "all", "mean_auc", summary["mean_auc"]))
+    return rows, summary["absent"]
+
+
 def run_feature_probe(
     p: Protocol, run: Run, cache: FeatureCache, train_images: list[str], test_images: list[str]
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """knn or logistic regression on cached pooled features; returns the rows and the probe's settings."""
     x_train, y_train = cache.get(run.init, run.train_seed, train_images)
     x_test, y_test = cache.get(run.init, run.train_seed, test_images)
-    num_classes = int(cache.loaded[cache.key(run.init, run.train_seed)]["num_classes"])
-    if run.probe == "knn":
+    record = cache.loaded[cache.key(run.init, run.train_seed)]
+    num_classes = int(record["num_classes"])
+    if p.task == "multilabel":
+        if run.probe == "knn":
+            scores = knn_multilabel_scores(x_train, y_train, x_test, k=p.knn_k)
+            settings = {"probe": "knn", "k": p.knn_k, "similarity": "cosine", "score": "share of neighbours"}
+        else:
+            model = MultiLabelLogisticProbe(num_classes, weight_decay=p.linear_weight_decay).fit(x_train, y_train)
+            scores = model.predict_proba(x_test)
+            settings = {"probe": "logistic_regression_per_class", "weight_decay": p.linear_weight_decay}
+        rows, absent = _multilabel_rows(p, run, scores.numpy(), y_test.numpy(), record["class_names"])
+        settings.update(absent=absent)
+    elif run.probe == "knn":
         predictions = knn_predict(x_train, y_train, x_test, num_classes, k=p.knn_k)
+        rows = _classification_rows(p, run, test_images, predictions, y_test)
         settings = {"probe": "knn", "k": p.knn_k, "similarity": "cosine"}
     else:
         model = LogisticRegressionProbe(num_classes, weight_decay=p.linear_weight_decay).fit(x_train, y_train)
-        predictions = model.predict(x_test)
+        rows = _classification_rows(p, run, test_images, model.predict(x_test), y_test)
         settings = {"probe": "logistic_regression", "weight_decay": p.linear_weight_decay}
     settings.update(cache_key=cache.key(run.init, run.train_seed), feature_size=int(x_train.shape[1]))
     settings.update(config_files=[str(f) for f in _bundle_configs(p)], overrides=p.overrides)
-    return _classification_rows(p, run, test_images, predictions, y_test), settings
+    return rows, settings
 
 
 def _absolute(entries: list[dict[str, Any]], dataset_dir: Path) -> list[dict[str, Any]]:
@@ -523,7 +579,7 @@ def run_bundle_probe(
         "eval_checkpoint": str(folder / "model.pt"),
         "eval_dir": str(folder / "eval"),
     }
-    if p.task == "classification":
+    if p.task != "segmentation":
         overrides["fold"] = None
     overrides_file = folder / "overrides.json"
     atomic_save_text(json.dumps(overrides, indent=2), overrides_file)
@@ -535,12 +591,13 @@ def run_bundle_probe(
     _bundle_call(train_files, folder / "train.log", "training")
     _bundle_call([*base, *evaluate, overrides_file], folder / "evaluate.log", None)
     parser = _parser(p, train_files[:-1], overrides)
-    rows = (
-        _segmentation_rows(p, run, folder / "eval", parser, test)
-        if p.task == "segmentation"
-        else _bundle_classification_rows(p, run, folder / "eval")
-    )
-    return rows, {"config": parser.get(), "config_files": [str(f) for f in train_files], "steps": steps}
+    settings = {"config": parser.get(), "config_files": [str(f) for f in train_files], "steps": steps}
+    if p.task == "segmentation":
+        return _segmentation_rows(p, run, folder / "eval", parser, test), settings
+    if p.task == "multilabel":
+        rows, absent = _bundle_multilabel_rows(p, run, folder / "eval")
+        return rows, {**settings, "absent": absent}
+    return _bundle_classification_rows(p, run, folder / "eval"), settings
 
 
 def _bundle_classification_rows(p: Protocol, run: Run, eval_dir: Path) -> list[dict[str, Any]]:
@@ -550,6 +607,15 @@ def _bundle_classification_rows(p: Protocol, run: Run, eval_dir: Path) -> list[d
     predictions = torch.tensor([names.index(v["prediction"]) for v in volumes])
     labels = torch.tensor([names.index(v["label"]) for v in volumes])
     return _classification_rows(p, run, [v["image"] for v in volumes], predictions, labels)
+
+
+def _bundle_multilabel_rows(p: Protocol, run: Run, eval_dir: Path) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """The rows of :func:`_multilabel_rows` from the bundle's ``predictions.json`` (``MultiLabelReport``)."""
+    record = read_json(eval_dir / "predictions.json", "predictions")
+    names, images = record["class_names"], record["images"]
+    scores = np.array([[image["probabilities"][n] for n in names] for image in images])
+    targets = np.array([[image["labels"][n] for n in names] for image in images])
+    return _multilabel_rows(p, run, scores, targets, names)
 
 
 def _segmentation_rows(

@@ -5,6 +5,7 @@ from .checkpoints import evaluate_checkpoints
 from .label_splits import (
     BUDGET_UNITS,
     budget_key,
+    patient_sample_splits,
     patient_splits,
     per_class_count,
     splits_hash,
@@ -22,13 +23,21 @@ from .organ_probe import (
     probe_scores,
 )
 from .paired_stats import bootstrap_ci, holm, mean_sd, sign_flip_test
-from .probes import LogisticRegressionProbe, accuracy, balanced_accuracy, knn_predict
+from .probes import (
+    LogisticRegressionProbe,
+    MultiLabelLogisticProbe,
+    accuracy,
+    balanced_accuracy,
+    knn_multilabel_scores,
+    knn_predict,
+)
 from .reports import json_number, write_class_table
 
 __all__ = [
     "evaluate_checkpoints",
     "BUDGET_UNITS",
     "budget_key",
+    "patient_sample_splits",
     "patient_splits",
     "per_class_count",
     "splits_hash",
@@ -47,8 +56,10 @@ __all__ = [
     "mean_sd",
     "sign_flip_test",
     "LogisticRegressionProbe",
+    "MultiLabelLogisticProbe",
     "accuracy",
     "balanced_accuracy",
+    "knn_multilabel_scores",
     "knn_predict",
     "json_number",
     "write_class_table",

@@ -16,13 +16,15 @@ __all__ = [
     "per_class_count",
     "volume_splits",
     "patient_splits",
+    "patient_sample_splits",
     "splits_hash",
     "splits_text",
 ]
 
-BUDGET_UNITS = ("volumes", "patients_per_class", "fraction")
+BUDGET_UNITS = ("volumes", "patients_per_class", "patients", "fraction")
 """``volumes``: labelled volumes (segmentation); ``patients_per_class``: patients of each class;
-``fraction``: a fraction of the patients of each class (classification)."""
+``patients``: patients, whatever their findings (multi-label classification); ``fraction``: a fraction of the
+patients (of each class for single-label classification)."""
 
 
 def budget_key(budget: float) -> str:
@@ -133,6 +135,38 @@ def patient_splits(
         if all({label_of[p] for p in order[:count]} == set(grouped) for count in counts.values()):
             return {key: _images_of(entries, set(order[:count])) for key, count in counts.items()}, redraws
     raise ValueError(f"no permutation in {max_redraws} redraws gives every budget all {len(grouped)} classes.")
+
+
+def patient_sample_splits(
+    entries: Sequence[dict[str, Any]], budgets: Sequence[float], unit: str, seed: int
+) -> dict[str, list[str]]:
+    """Budget -> the images of the first patients of one permutation of the patients (multi-label data, where a
+    patient has no single class to stratify by).
+
+    Args:
+        entries: pool entries ``{"image", "patient"?, ...}``; a patient's images go together (the image is its
+            own patient when ``patient`` is absent).
+        budgets: whole numbers of patients (``patients``, from 1 to the number of patients) or fractions of the
+            patients in (0, 1] (``fraction``: rounded half up, at least one patient).
+        unit: ``patients`` or ``fraction``.
+        seed: seed of ``numpy.random.default_rng``; the patients are sorted before the permutation.
+
+    Returns:
+        ``{budget_key: [image, ...]}`` in datalist order; every smaller budget's images are among every larger one's.
+    """
+    patients = sorted({str(e.get("patient", e["image"])) for e in entries})
+    counts = {}
+    for budget in budgets:
+        if unit == "patients":
+            if int(budget) != budget or not 1 <= budget <= len(patients):
+                raise ValueError(f"a patient budget must be a whole number from 1 to {len(patients)}, got {budget}.")
+            counts[budget_key(budget)] = int(budget)
+        elif unit == "fraction":
+            counts[budget_key(budget)] = per_class_count(budget, len(patients), unit)
+        else:
+            raise ValueError(f"patient budgets are in patients or fraction, got unit {unit!r}.")
+    order = [patients[i] for i in np.random.default_rng(seed).permutation(len(patients))]
+    return {key: _images_of(entries, set(order[:count])) for key, count in counts.items()}
 
 
 def splits_text(content: dict[str, Any]) -> str:

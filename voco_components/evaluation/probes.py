@@ -1,11 +1,19 @@
-"""Probes on frozen features: cosine k-nearest neighbours, multinomial logistic regression, balanced accuracy."""
+"""Probes on frozen features: cosine k-nearest neighbours and logistic regression, single-label (a class per
+example) and multi-label (a 0/1 target per class), and balanced accuracy."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["knn_predict", "LogisticRegressionProbe", "accuracy", "balanced_accuracy"]
+__all__ = [
+    "knn_predict",
+    "knn_multilabel_scores",
+    "LogisticRegressionProbe",
+    "MultiLabelLogisticProbe",
+    "accuracy",
+    "balanced_accuracy",
+]
 
 
 def _check_fit_inputs(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> None:
@@ -44,6 +52,38 @@ def knn_predict(
     return votes.argmax(dim=1)
 
 
+def _check_multilabel_inputs(features: torch.Tensor, targets: torch.Tensor, num_classes: int) -> None:
+    if features.ndim != 2 or targets.ndim != 2 or features.shape[0] != targets.shape[0]:
+        raise ValueError(
+            f"features must be (N, C) and targets (N, K), got {tuple(features.shape)}, {tuple(targets.shape)}."
+        )
+    if features.shape[0] == 0:
+        raise ValueError("a probe needs at least one labelled example.")
+    if targets.shape[1] != num_classes or not ((targets == 0) | (targets == 1)).all():
+        raise ValueError(f"targets must be zeros and ones for {num_classes} classes, got shape {tuple(targets.shape)}.")
+
+
+def knn_multilabel_scores(
+    train_features: torch.Tensor, train_targets: torch.Tensor, query: torch.Tensor, k: int = 5
+) -> torch.Tensor:
+    """Per class, the share of the ``k`` nearest training examples (cosine similarity) that have it.
+
+    Args:
+        train_features: (N, C) features of the labelled examples.
+        train_targets: (N, K) zeros and ones, K classes.
+        query: (M, C) features to score.
+        k: neighbours (at most N are used).
+
+    Returns:
+        (M, K) scores in [0, 1], a ranking for each class's AUC.
+    """
+    _check_multilabel_inputs(train_features, train_targets, train_targets.shape[1])
+    k = min(int(k), train_features.shape[0])
+    similarity = F.normalize(query.double(), dim=1) @ F.normalize(train_features.double(), dim=1).T
+    neighbours = similarity.topk(k, dim=1).indices
+    return train_targets.double()[neighbours].mean(dim=1)
+
+
 class LogisticRegressionProbe:
     """Multinomial logistic regression on standardised features, fitted from scratch by L-BFGS.
 
@@ -69,9 +109,18 @@ class LogisticRegressionProbe:
     def _standardise(self, features: torch.Tensor) -> torch.Tensor:
         return (features.double() - self.mean) / self.scale
 
+    def _check(self, features: torch.Tensor, labels: torch.Tensor) -> None:
+        _check_fit_inputs(features, labels, self.num_classes)
+
+    def _data_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, labels)
+
+    def _probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(logits, dim=1)
+
     def fit(self, features: torch.Tensor, labels: torch.Tensor) -> LogisticRegressionProbe:
         """Fit on (N, C) features and (N,) classes; returns ``self``."""
-        _check_fit_inputs(features, labels, self.num_classes)
+        self._check(features, labels)
         features = features.double()
         self.mean = features.mean(dim=0)
         self.scale = features.std(dim=0, unbiased=False).clamp_min(1e-8)
@@ -88,7 +137,7 @@ class LogisticRegressionProbe:
 
         def closure() -> torch.Tensor:
             optimizer.zero_grad()
-            loss = F.cross_entropy(x @ weight + bias, labels) + 0.5 * self.weight_decay * weight.pow(2).sum()
+            loss = self._data_loss(x @ weight + bias, labels) + 0.5 * self.weight_decay * weight.pow(2).sum()
             loss.backward()
             return loss
 
@@ -101,11 +150,30 @@ class LogisticRegressionProbe:
         """(M, C) -> (M, num_classes) class probabilities."""
         if self.weight is None:
             raise RuntimeError("LogisticRegressionProbe.predict_proba needs fit() first.")
-        return torch.softmax(self._standardise(features) @ self.weight + self.bias, dim=1)
+        return self._probabilities(self._standardise(features) @ self.weight + self.bias)
 
     def predict(self, features: torch.Tensor) -> torch.Tensor:
         """(M, C) -> (M,) predicted classes."""
         return self.predict_proba(features).argmax(dim=1)
+
+
+class MultiLabelLogisticProbe(LogisticRegressionProbe):
+    """One logistic regression per class (sigmoid outputs, the mean binary cross-entropy over the classes), fitted
+    jointly by L-BFGS as :class:`LogisticRegressionProbe` is; ``fit`` takes (N, num_classes) 0/1 targets and
+    ``predict_proba`` gives (M, num_classes) independent probabilities."""
+
+    def _check(self, features: torch.Tensor, labels: torch.Tensor) -> None:
+        _check_multilabel_inputs(features, labels, self.num_classes)
+
+    def _data_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(logits, labels.double())
+
+    def _probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(logits)
+
+    def predict(self, features: torch.Tensor) -> torch.Tensor:
+        """(M, C) -> (M, num_classes) 0/1 decisions at probability 0.5."""
+        return (self.predict_proba(features) >= 0.5).long()
 
 
 def accuracy(predictions: torch.Tensor, labels: torch.Tensor) -> float:

@@ -1,5 +1,6 @@
 """Encoders with SwinUNETR's key names: the SwinViT encoder with global average pooling (3D volumes or 2D images),
-its classifier and linear-probe heads, a small U-Net encoder, and the pooled multi-scale features of the probes."""
+its classifier and linear-probe heads, a small U-Net (CNN) encoder and its classifier, and the pooled multi-scale
+features of the probes."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ __all__ = [
     "SwinClassifier",
     "SwinLinearProbe",
     "UNetEncoder",
+    "UNetClassifier",
 ]
 
 SWIN_ENCODER_BLOCKS = ("swinViT", "encoder1", "encoder2", "encoder3", "encoder4", "encoder10")
@@ -82,6 +84,10 @@ class SwinEncoder(nn.Module):
     ``spatial_dims`` is 2) -> pooled embedding (N, out_channels): every returned feature map is
     adaptive-average-pooled to one vector and the vectors are concatenated.
     """
+
+    encoder_prefixes: tuple[str, ...] = ("swinViT.",)
+    """The state-dict prefixes of the pretrained encoder (what :func:`~voco_components.networks.load_pretrained`
+    counts when it checks how much of the encoder a checkpoint filled)."""
 
     def __init__(
         self,
@@ -149,6 +155,19 @@ class SwinEncoder(nn.Module):
         return pool_and_concat(self.feature_maps(x))
 
 
+def _linear_head(in_features: int, num_classes: int, init_std: float) -> nn.Linear:
+    """A classifier's linear head: weights from N(0, init_std²), or zero when ``init_std`` is 0; bias zero."""
+    if init_std < 0:
+        raise ValueError(f"head_init_std must be 0 or more, got {init_std}.")
+    head = nn.Linear(in_features, num_classes)
+    if init_std > 0:
+        nn.init.normal_(head.weight, std=init_std)
+    else:
+        nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+    return head
+
+
 class SwinClassifier(SwinEncoder):
     """A volume (or image) classifier: SwinUNETR's encoder, global average pooling, dropout and a linear head.
 
@@ -191,15 +210,8 @@ class SwinClassifier(SwinEncoder):
         **encoder_kwargs: Any,
     ) -> None:
         super().__init__(in_channels=in_channels, feature_size=feature_size, window_size=window_size, **encoder_kwargs)
-        if head_init_std < 0:
-            raise ValueError(f"head_init_std must be 0 or more, got {head_init_std}.")
         self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(self.out_channels, num_classes)
-        if head_init_std > 0:
-            nn.init.normal_(self.head.weight, std=head_init_std)
-        else:
-            nn.init.zeros_(self.head.weight)
-        nn.init.zeros_(self.head.bias)
+        self.head = _linear_head(self.out_channels, num_classes, head_init_std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.dropout(super().forward(x)))
@@ -262,6 +274,9 @@ class UNetEncoder(nn.Module):
     Forward: (N, in_channels, *spatial), each axis divisible by 16 -> pooled embedding (N, out_channels).
     """
 
+    encoder_prefixes: tuple[str, ...] = ("conv_0.", "down_1.", "down_2.", "down_3.", "down_4.")
+    """The state-dict prefixes of the pretrained encoder (BasicUNet's contracting path)."""
+
     def __init__(
         self,
         in_channels: int = 1,
@@ -290,3 +305,38 @@ class UNetEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return pool_and_concat(self.feature_maps(x))
+
+
+class UNetClassifier(UNetEncoder):
+    """An image (or volume) classifier on a CNN: BasicUNet's contracting path (:class:`UNetEncoder`), global average
+    pooling, dropout and a linear head (:func:`_linear_head`), the CNN counterpart of :class:`SwinClassifier`.
+
+    A :class:`UNetEncoder` export (``conv_0.*``, ``down_1..4.*``) loads into it by name; the head adds
+    ``head.weight`` (num_classes, out_channels) and ``head.bias``.
+
+    Args:
+        num_classes: number of classes.
+        in_channels: input channels.
+        features: BasicUNet's six feature counts; the encoder uses the first five.
+        spatial_dims: 2 for images (radiographs), 3 for volumes.
+        dropout: dropout probability on the pooled embedding before the head.
+        head_init_std: standard deviation of the head's initial weights; 0 starts them at zero.
+
+    Forward: (N, in_channels, *spatial), each axis divisible by 16 -> logits (N, num_classes).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int = 1,
+        features: Sequence[int] = (32, 32, 64, 128, 256, 32),
+        spatial_dims: int = 3,
+        dropout: float = 0.0,
+        head_init_std: float = 0.0,
+    ) -> None:
+        super().__init__(in_channels=in_channels, features=features, spatial_dims=spatial_dims)
+        self.dropout = nn.Dropout(dropout)
+        self.head = _linear_head(self.out_channels, num_classes, head_init_std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dropout(super().forward(x)))

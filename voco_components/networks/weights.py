@@ -143,7 +143,7 @@ def load_pretrained(
     network: nn.Module,
     path: str | Path | None,
     min_encoder_fraction: float = 0.9,
-    encoder_prefixes: Sequence[str] = ("swinViT.",),
+    encoder_prefixes: Sequence[str] | None = None,
     in_channels_policy: str = "repeat",
     strip_prefixes: Sequence[str] = STRIP_PREFIXES,
     weights_cache: str | Path | None = None,
@@ -162,7 +162,9 @@ def load_pretrained(
             ``min_encoder_fraction`` counts (``encoder_prefixes`` and ``include_prefixes`` are ignored).
         min_encoder_fraction: fail when fewer than this fraction of the network's encoder tensors
             (names starting with ``encoder_prefixes``) loaded.
-        encoder_prefixes: which of the network's tensors count as the encoder.
+        encoder_prefixes: which of the network's tensors count as the encoder; None: the network's own
+            ``encoder_prefixes`` (``swinViT.`` for the Swin encoders, BasicUNet's ``conv_0.`` and ``down_1..4.`` for
+            :class:`~voco_components.networks.UNetEncoder` and its classifier), else ``swinViT.``.
         in_channels_policy: for a first-layer weight whose only mismatch is the input-channel axis
             (e.g. 4-channel MRI from a 1-channel CT checkpoint): ``repeat`` or ``reinit``, see
             :func:`adapt_input_channels`.
@@ -188,6 +190,8 @@ def load_pretrained(
         check_architecture(entry, **swin_architecture(network))
         path = fetch_pretrained(entry, weights_cache)
         encoder_prefixes = include_prefixes = tuple(f"{block}." for block in entry.blocks)
+    if encoder_prefixes is None:
+        encoder_prefixes = getattr(network, "encoder_prefixes", ("swinViT.",))
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
