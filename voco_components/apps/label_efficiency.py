@@ -24,7 +24,7 @@ from monai.bundle import ConfigParser
 import voco_components
 from voco_components.apps.demo_covid import demo_covid_dir
 from voco_components.apps.demo_cxr import demo_cxr_dir
-from voco_components.data.datalists import load_datalists, read_json
+from voco_components.data.datalists import read_json
 from voco_components.data.folds import fold_split
 from voco_components.evaluation.label_splits import (
     BUDGET_UNITS,
@@ -219,15 +219,22 @@ def resolve_dataset(p: Protocol, out: Path) -> tuple[Path, Path]:
     return dataset_dir.resolve(), datalist.resolve()
 
 
+def _listed(datalist: Path, key: str) -> list[dict[str, Any]]:
+    """The ``key`` list of a decathlon-style datalist with its paths as written (relative to ``dataset_dir``), so
+    that ``splits.json`` and its hash do not depend on where the data lie."""
+    content = read_json(datalist, "datalist")
+    if not isinstance(content, dict) or not isinstance(content.get(key), list):
+        raise ValueError(f"{datalist}: a datalist with a {key!r} list is needed here.")
+    return content[key]
+
+
 def pool_and_test(p: Protocol, datalist: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The labelled pool and the fixed test set, entries with their image and label paths as written."""
     if p.task == "classification" and p.fold is not None:
         return fold_split(datalist, p.fold)
     if p.task == "multilabel":
-        pool = [*load_datalists(datalist, "", "training"), *load_datalists(datalist, "", "validation")]
-        return pool, load_datalists(datalist, "", "testing")
-    # dataset_dir "" leaves relative paths as written in the datalist
-    return load_datalists(datalist, "", "training"), load_datalists(datalist, "", "validation")
+        return [*_listed(datalist, "training"), *_listed(datalist, "validation")], _listed(datalist, "testing")
+    return _listed(datalist, "training"), _listed(datalist, "validation")
 
 
 def make_splits(p: Protocol, pool: list[dict[str, Any]], test: list[dict[str, Any]]) -> dict[str, Any]:
@@ -388,13 +395,15 @@ class FeatureCache:
         return cached if cached.get("sha256") == sha256 else None
 
     def _network(self, init: str, train_seed: int, parser: ConfigParser) -> torch.nn.Module:
+        """The bundle's network with the init's encoder; ``weights_cache`` only in the bundles that take published
+        encoders by name (the 2D classifier has none to take)."""
         torch.manual_seed(train_seed)
         network = parser.get_parsed_content("network_def", instantiate=True, lazy=False)
         load_pretrained(
             network,
             self.inits[init]["pretrained"],
             min_encoder_fraction=parser["pretrained_min_fraction"],
-            weights_cache=parser.get_parsed_content("weights_cache"),
+            weights_cache=parser.get_parsed_content("weights_cache") if "weights_cache" in parser else None,
         )
         return network.eval()
 
