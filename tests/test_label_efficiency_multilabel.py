@@ -50,6 +50,17 @@ def test_patient_budgets_take_whole_patients_nested_and_reproducibly():
     assert sizes == {"0.01": 1, "0.125": 3, "0.5": 10}
 
 
+def test_a_budget_every_split_seed_fills_alike_is_run_once():
+    """With the whole pool labelled every split seed trains on the same images: one run, not ten copies whose
+    identical differences would pass the paired test."""
+    pool = multilabel_pool({f"p{i}": 2 for i in range(6)})
+    splits = {"splits": {str(s): {"budgets": patient_sample_splits(pool, [2, 6], "patients", s)} for s in range(4)}}
+    assert label_efficiency.distinct_split_seeds(splits, "6") == [0]
+    chosen = [sorted(splits["splits"][str(s)]["budgets"]["2"]) for s in range(4)]
+    expected = [s for s in range(4) if chosen[s] not in chosen[:s]]
+    assert label_efficiency.distinct_split_seeds(splits, "2") == expected and len(expected) > 1
+
+
 @pytest.mark.parametrize(("budgets", "unit"), [([0], "patients"), ([21], "patients"), ([1.5], "patients")])
 def test_patient_budgets_outside_the_pool_are_refused(budgets, unit):
     with pytest.raises(ValueError, match="whole number from 1 to 20"):

@@ -347,14 +347,29 @@ class Run:
         )
 
 
-def protocol_runs(p: Protocol) -> list[Run]:
-    """Every (init, probe, budget, split seed, train seed), in that nesting order."""
+def distinct_split_seeds(splits: dict[str, Any], budget: str) -> list[int]:
+    """The split seeds whose labelled images at ``budget`` differ from every earlier seed's: a budget that takes the
+    whole pool (or any set two seeds share) is run once, not repeated as if each copy were a new sample, which would
+    let identical differences pass the paired test."""
+    seen: list[list[str]] = []
+    seeds = []
+    for seed, split in splits["splits"].items():
+        images = sorted(split["budgets"][budget])
+        if images not in seen:
+            seen.append(images)
+            seeds.append(int(seed))
+    return seeds
+
+
+def protocol_runs(p: Protocol, splits: dict[str, Any]) -> list[Run]:
+    """Every (init, probe, budget, split seed, train seed), in that nesting order, with the split seeds of each
+    budget that give distinct labelled sets (:func:`distinct_split_seeds`)."""
     return [
         Run(init, probe, budget_key(b), s, t)
         for init in p.inits
         for probe in p.probes
         for b in p.budgets
-        for s in p.split_seeds
+        for s in distinct_split_seeds(splits, budget_key(b))
         for t in p.train_seeds
     ]
 
@@ -730,7 +745,7 @@ def run_protocol(protocol: str | Path, out: str | Path, init_paths: dict[str, st
     record = {**{k: v for k, v in p.__dict__.items()}, "task": p.task, "inits_resolved": inits}
     record["version"] = voco_components.__version__
     atomic_save_text(json.dumps(record, indent=2) + "\n", out / "protocol.json")
-    runs = protocol_runs(p)
+    runs = protocol_runs(p, splits)
     cache = FeatureCache(p, out, dataset_dir, [*pool, *test], inits)
     feature_runs = [r for r in runs if p.on_features(r.probe) and not (r.folder(out) / "result.json").is_file()]
     cache.prepare(sorted({(r.init, r.train_seed) for r in feature_runs}))
