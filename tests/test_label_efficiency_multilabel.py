@@ -107,6 +107,8 @@ def test_multilabel_logistic_probe_is_one_logistic_regression_per_class():
         w, b = newton_logistic(standardised, targets[:, c], decay=0.1 * 3)
         expected = 1 / (1 + np.exp(-(query_standardised @ w + b)))
         np.testing.assert_allclose(probe.predict_proba(torch.tensor(query))[:, c].numpy(), expected, atol=1e-5)
+    decisions = probe.predict(torch.tensor(query))  # each class decided on its own at probability 0.5
+    assert torch.equal(decisions, (probe.predict_proba(torch.tensor(query)) >= 0.5).long())
 
 
 def pair_count_auc(scores: list[float], targets: list[int]) -> float:

@@ -24,7 +24,7 @@ from monai.bundle import ConfigParser
 import voco_components
 from voco_components.apps.demo_covid import demo_covid_dir
 from voco_components.apps.demo_cxr import demo_cxr_dir
-from voco_components.data.datalists import read_json
+from voco_components.data.datalists import listed_entries, read_json
 from voco_components.data.folds import fold_split
 from voco_components.evaluation.label_splits import (
     BUDGET_UNITS,
@@ -219,22 +219,15 @@ def resolve_dataset(p: Protocol, out: Path) -> tuple[Path, Path]:
     return dataset_dir.resolve(), datalist.resolve()
 
 
-def _listed(datalist: Path, key: str) -> list[dict[str, Any]]:
-    """The ``key`` list of a decathlon-style datalist with its paths as written (relative to ``dataset_dir``), so
-    that ``splits.json`` and its hash do not depend on where the data lie."""
-    content = read_json(datalist, "datalist")
-    if not isinstance(content, dict) or not isinstance(content.get(key), list):
-        raise ValueError(f"{datalist}: a datalist with a {key!r} list is needed here.")
-    return content[key]
-
-
 def pool_and_test(p: Protocol, datalist: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The labelled pool and the fixed test set, entries with their image and label paths as written."""
+    """The labelled pool and the fixed test set, entries with their image and label paths as written (relative to
+    ``dataset_dir``), so that ``splits.json`` and its hash do not depend on where the data lie."""
     if p.task == "classification" and p.fold is not None:
         return fold_split(datalist, p.fold)
     if p.task == "multilabel":
-        return [*_listed(datalist, "training"), *_listed(datalist, "validation")], _listed(datalist, "testing")
-    return _listed(datalist, "training"), _listed(datalist, "validation")
+        pool = [*listed_entries(datalist, "training"), *listed_entries(datalist, "validation")]
+        return pool, listed_entries(datalist, "testing")
+    return listed_entries(datalist, "training"), listed_entries(datalist, "validation")
 
 
 def make_splits(p: Protocol, pool: list[dict[str, Any]], test: list[dict[str, Any]]) -> dict[str, Any]:
@@ -364,12 +357,13 @@ def distinct_split_seeds(splits: dict[str, Any], budget: str) -> list[int]:
 def protocol_runs(p: Protocol, splits: dict[str, Any]) -> list[Run]:
     """Every (init, probe, budget, split seed, train seed), in that nesting order, with the split seeds of each
     budget that give distinct labelled sets (:func:`distinct_split_seeds`)."""
+    seeds = {budget_key(b): distinct_split_seeds(splits, budget_key(b)) for b in p.budgets}
     return [
-        Run(init, probe, budget_key(b), s, t)
+        Run(init, probe, budget, s, t)
         for init in p.inits
         for probe in p.probes
-        for b in p.budgets
-        for s in distinct_split_seeds(splits, budget_key(b))
+        for budget in seeds
+        for s in seeds[budget]
         for t in p.train_seeds
     ]
 

@@ -2,7 +2,15 @@
 its ``prepare`` step."""
 
 from .classification_datalist import SUBSETS, load_classification_datalist, load_multilabel_datalist
-from .datalists import check_unique_outputs, load_datalists, output_name, output_root, read_json, volume_files
+from .datalists import (
+    check_unique_outputs,
+    listed_entries,
+    load_datalists,
+    output_name,
+    output_root,
+    read_json,
+    volume_files,
+)
 from .dataset import (
     PreparedVolumes,
     ResumableDistributedSampler,
@@ -37,6 +45,7 @@ __all__ = [
     "SUBSETS",
     "load_classification_datalist",
     "load_multilabel_datalist",
+    "listed_entries",
     "load_datalists",
     "output_root",
     "output_name",

@@ -17,6 +17,7 @@ __all__ = [
     "volume_files",
     "read_json",
     "load_datalists",
+    "listed_entries",
     "output_root",
     "output_name",
     "check_unique_outputs",
@@ -103,9 +104,10 @@ def read_json(path: str | Path, what: str = "JSON") -> Any:
         raise ValueError(f"{path}: not valid JSON ({exc}).") from exc
 
 
-def _json_entries(path: Path, base: Path, key: str) -> list[dict[str, Any]]:
-    """The ``key`` list of one decathlon-style datalist JSON file; relative ``image``/``label`` paths resolve under
-    ``base`` or, where ``base`` does not hold them, beside the JSON file."""
+def listed_entries(path: str | Path, key: str) -> list[dict[str, Any]]:
+    """The ``key`` list of one decathlon-style datalist JSON file, each entry a dict with an ``image`` (a bare
+    string entry becomes ``{"image": entry}``), its paths as written; a ValueError naming the file otherwise."""
+    path = Path(path)
     content = read_json(path, "datalist (a JSON file, a folder of volumes or a glob pattern)")
     if not isinstance(content, dict) or key not in content:
         found = sorted(content) if isinstance(content, dict) else type(content).__name__
@@ -113,14 +115,23 @@ def _json_entries(path: Path, base: Path, key: str) -> list[dict[str, Any]]:
     entries = content[key]
     if not isinstance(entries, list):
         raise ValueError(f"{path}: '{key}' must be a list, got {type(entries).__name__}.")
-    bases = [base] if base.resolve() == path.parent.resolve() else [base, path.parent]
-    merged = []
+    listed = []
     for entry in entries:
         item = {"image": entry} if isinstance(entry, str) else dict(entry)
         if "image" not in item:
             raise ValueError(f"{path}: an entry of '{key}' has no 'image': {entry!r}.")
-        merged.append({k: _resolve(v, bases) if k in ("image", "label") else v for k, v in item.items()})
-    return merged
+        listed.append(item)
+    return listed
+
+
+def _json_entries(path: Path, base: Path, key: str) -> list[dict[str, Any]]:
+    """:func:`listed_entries` with relative ``image``/``label`` paths resolved under ``base`` or, where ``base``
+    does not hold them, beside the JSON file."""
+    bases = [base] if base.resolve() == path.parent.resolve() else [base, path.parent]
+    return [
+        {k: _resolve(v, bases) if k in ("image", "label") else v for k, v in item.items()}
+        for item in listed_entries(path, key)
+    ]
 
 
 def load_datalists(

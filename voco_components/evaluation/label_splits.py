@@ -52,6 +52,13 @@ def per_class_count(budget: float, num_patients: int, unit: str) -> int:
     return min(max(wanted, 1), num_patients)
 
 
+def _whole_count(budget: float, available: int, noun: str) -> int:
+    """``budget`` as a count of ``noun``s; a ValueError unless it is a whole number from 1 to ``available``."""
+    if int(budget) != budget or not 1 <= budget <= available:
+        raise ValueError(f"a {noun} budget must be a whole number from 1 to {available}, got {budget}.")
+    return int(budget)
+
+
 def volume_splits(images: Sequence[str], budgets: Sequence[int], seed: int) -> dict[str, list[str]]:
     """Budget -> the first ``budget`` volumes of one permutation of ``images`` by ``default_rng(seed)``.
 
@@ -60,11 +67,9 @@ def volume_splits(images: Sequence[str], budgets: Sequence[int], seed: int) -> d
     Raises:
         ValueError: a budget is not a whole number from 1 to ``len(images)``.
     """
-    for budget in budgets:
-        if int(budget) != budget or not 1 <= budget <= len(images):
-            raise ValueError(f"a volume budget must be a whole number from 1 to {len(images)}, got {budget}.")
+    counts = {budget_key(b): _whole_count(b, len(images), "volume") for b in budgets}
     order = [images[i] for i in np.random.default_rng(seed).permutation(len(images))]
-    return {budget_key(b): order[: int(b)] for b in budgets}
+    return {key: order[:count] for key, count in counts.items()}
 
 
 def _patients_by_class(entries: Sequence[dict[str, Any]]) -> dict[int, list[str]]:
@@ -158,9 +163,7 @@ def patient_sample_splits(
     counts = {}
     for budget in budgets:
         if unit == "patients":
-            if int(budget) != budget or not 1 <= budget <= len(patients):
-                raise ValueError(f"a patient budget must be a whole number from 1 to {len(patients)}, got {budget}.")
-            counts[budget_key(budget)] = int(budget)
+            counts[budget_key(budget)] = _whole_count(budget, len(patients), "patient")
         elif unit == "fraction":
             counts[budget_key(budget)] = per_class_count(budget, len(patients), unit)
         else:
