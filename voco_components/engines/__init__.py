@@ -1,7 +1,8 @@
 """Glue to MONAI's Ignite workflows (batch preparation, criteria, step counting) for VoCo and the baseline methods,
-the method registry, speed settings, checkpoint state, and the encoder export."""
+the method registry, speed settings, checkpoint state, the end of a distributed run, and the encoder export."""
 
 from .checkpoint_state import RNGState, checkpoint_steps, latest_checkpoint
+from .distributed import end_distributed
 from .export import encoder_state, export_encoder
 from .methods import METHODS, PretrainMethod, check_method, get_method
 from .speed import AMP_DTYPES, autocast_kwargs, compile_swin, default_amp_dtype, fused_adamw
@@ -19,6 +20,7 @@ __all__ = [
     "RNGState",
     "checkpoint_steps",
     "latest_checkpoint",
+    "end_distributed",
     "encoder_state",
     "export_encoder",
     "METHODS",
