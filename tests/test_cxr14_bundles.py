@@ -17,7 +17,7 @@ from monai.networks.nets import SwinUNETR
 from conftest import BUNDLES, assert_resumes_exactly, bundle_workflow, first_in_chain, run_bundle_cli
 from voco_components.apps import demo_cxr
 from voco_components.apps.cxr14 import FINDINGS
-from voco_components.networks import UNetEncoder
+from voco_components.networks import ResNet18Encoder, UNetEncoder
 
 CLS = BUNDLES / "voco_cxr14_cls"
 PRETRAIN_2D = ("train.json", "cxr14.json")
@@ -202,25 +202,37 @@ def test_a_3d_encoder_is_refused(tmp_path, demo, voco_encoder):
     assert "does not fit this network" in str(first_in_chain(info.value, ValueError))
 
 
-# ---------------------------------------------------------------- the 2D CNN option
+# ---------------------------------------------------------------- the 2D CNN options
 
 TINY_CNN = {"cnn_features": [8, 8, 16, 32, 64, 8]}
+CNN_OPTIONS = {  # overlays of voco_pretrain and voco_cxr14_cls, export, settings, the encoder built by hand
+    "unet": ("cxr14_cnn.json", "cnn.json", "model_cxr14_cnn.pt", TINY_CNN,
+             lambda: UNetEncoder(spatial_dims=2, features=TINY_CNN["cnn_features"])),
+    "resnet18": ("cxr14_resnet18.json", "resnet18.json", "model_cxr14_resnet18.pt", {},
+                 lambda: ResNet18Encoder(spatial_dims=2)),
+}  # fmt: skip
 
 
 @pytest.mark.slow  # a 2-step 2D CNN pretraining, then one classifier epoch from its export
-def test_the_cnn_option_pretrains_exports_and_fine_tunes(tmp_path, demo, capsys):
-    """``cxr14_cnn.json``: VoCo on BasicUNet's 2D contracting path; ``cnn.json``: the classifier on it."""
-    pretrained = pretrain(tmp_path / "pretrain", demo, configs=(*PRETRAIN_2D, "cxr14_cnn.json"), **TINY_CNN)
+@pytest.mark.parametrize("option", CNN_OPTIONS)
+def test_the_cnn_options_pretrain_export_and_fine_tune(tmp_path, demo, capsys, option):
+    """``cxr14_cnn.json``: VoCo on BasicUNet's 2D contracting path, ``cnn.json`` the classifier on it;
+    ``cxr14_resnet18.json``: VoCo on ResNet-18 (PCRLv2's CNN), ``resnet18.json`` the classifier on it."""
+    pretrain_overlay, classifier_overlay, export_name, settings, reference_encoder = CNN_OPTIONS[option]
+    pretrained = pretrain(tmp_path / "pretrain", demo, configs=(*PRETRAIN_2D, pretrain_overlay), **settings)
     pretrained.run()
     pretrained.finalize()
-    export = tmp_path / "pretrain" / "models" / "model_cxr14_cnn.pt"
+    export = tmp_path / "pretrain" / "models" / export_name
     exported = torch.load(export, weights_only=True)
-    reference = UNetEncoder(spatial_dims=2, features=TINY_CNN["cnn_features"]).state_dict()
-    assert {k: v.shape for k, v in exported.items()} == {k: v.shape for k, v in reference.items()}
+    reference = reference_encoder()
+    assert {k: v.shape for k, v in exported.items()} == {k: v.shape for k, v in reference.state_dict().items()}
+    reference.load_state_dict(exported)  # strict
     info = json.loads(export.with_suffix(".json").read_text())
-    assert info["encoder"] == "UNetEncoder" and info["cnn_features"] == TINY_CNN["cnn_features"]
+    assert info["encoder"] == type(pretrained.parser.get_parsed_content("network_def")).__name__
+    assert all(info[k] == v for k, v in settings.items())
     capsys.readouterr()
-    wf = classifier(tmp_path / "cls", demo, configs=("train.json", "cnn.json"), pretrained=str(export), **TINY_CNN)
+    configs = ("train.json", classifier_overlay)
+    wf = classifier(tmp_path / "cls", demo, configs=configs, pretrained=str(export), **settings)
     state = wf.parser.get_parsed_content("network").state_dict()
     assert {k for k in state if k not in exported} == {"head.weight", "head.bias"}
     assert all(torch.equal(state[k].cpu(), v) for k, v in exported.items())
@@ -228,12 +240,14 @@ def test_the_cnn_option_pretrains_exports_and_fine_tunes(tmp_path, demo, capsys)
     wf.run()
     wf.finalize()
     model = torch.load(tmp_path / "cls" / "models" / "model.pt", weights_only=True)
-    assert model["head.weight"].shape == (14, TINY_CNN["cnn_features"][4])
+    assert model["head.weight"].shape == (14, wf.parser.get_parsed_content("network_def").out_channels)
 
 
-def test_a_swin_encoder_is_refused_by_the_cnn_classifier(tmp_path, demo, encoder_2d):
+@pytest.mark.parametrize("option", CNN_OPTIONS)
+def test_a_swin_encoder_is_refused_by_the_cnn_classifiers(tmp_path, demo, encoder_2d, option):
+    _, classifier_overlay, _, settings, _ = CNN_OPTIONS[option]
     with pytest.raises(RuntimeError) as info:
-        classifier(tmp_path, demo, configs=("train.json", "cnn.json"), pretrained=str(encoder_2d), **TINY_CNN)
+        classifier(tmp_path, demo, configs=("train.json", classifier_overlay), pretrained=str(encoder_2d), **settings)
     assert "does not fit this network" in str(first_in_chain(info.value, ValueError))
 
 

@@ -1,15 +1,22 @@
-"""Tests of voco_components.networks: checkpoint compatibility with MONAI's SwinUNETR / BasicUNet, pooled
-embeddings, the projector and the EMA student/teacher pair."""
+"""Tests of voco_components.networks: checkpoint compatibility with MONAI's SwinUNETR / BasicUNet and torchvision's
+ResNet-18 layout, pooled embeddings, the projector and the EMA student/teacher pair."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from monai.networks.nets import BasicUNet, SwinUNETR
+from monai.networks.nets import BasicUNet, ResNet, SwinUNETR
 from torch import nn
 
-from voco_components.networks.encoders import SwinClassifier, SwinEncoder, UNetEncoder
+from voco_components.networks.encoders import (
+    ResNet18Classifier,
+    ResNet18Encoder,
+    SwinClassifier,
+    SwinEncoder,
+    UNetEncoder,
+)
 from voco_components.networks.voco_net import ProjectionHead, VoCoNet, VoCoTeacherStudent
+from voco_components.networks.weights import load_pretrained
 
 FS = 12  # tiny Swin: feature_size 12, window 4
 UNET_FEATURES = (4, 4, 8, 8, 16, 4)
@@ -397,3 +404,61 @@ def test_classifier_head_starts_at_zero_or_from_a_small_normal():
     assert float(small.head.weight.std()) == pytest.approx(0.02, rel=0.1)  # 14 x 192 draws
     with pytest.raises(ValueError, match="head_init_std"):
         SwinClassifier(num_classes=2, feature_size=FS, window_size=4, head_init_std=-1.0)
+
+
+def torchvision_resnet18_names() -> list[str]:
+    """torchvision's ResNet-18 state-dict names without ``fc.*``, written out from its layout: a stem, four stages of
+    two basic blocks, a projection shortcut (``downsample.0`` conv, ``downsample.1`` batch norm) in the first block of
+    stages 2-4."""
+    bn = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+    names = ["conv1.weight", *(f"bn1.{p}" for p in bn)]
+    for stage in range(1, 5):
+        for block in range(2):
+            prefix = f"layer{stage}.{block}"
+            for conv in (1, 2):
+                names += [f"{prefix}.conv{conv}.weight", *(f"{prefix}.bn{conv}.{p}" for p in bn)]
+            if stage > 1 and block == 0:
+                names += [f"{prefix}.downsample.0.weight", *(f"{prefix}.downsample.1.{p}" for p in bn)]
+    return names
+
+
+def test_resnet18_encoder_has_torchvisions_architecture_and_names():
+    encoder = ResNet18Encoder(in_channels=3)
+    assert sorted(encoder.state_dict()) == sorted(torchvision_resnet18_names())
+    # torchvision's resnet18 has 11,689,512 parameters, of which its 1000-class fc holds 512 * 1000 + 1000
+    assert sum(p.numel() for p in encoder.parameters()) == 11_689_512 - 513_000
+    assert ResNet18Encoder().conv1.weight.shape == (64, 1, 7, 7)
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_resnet18_encoder_levels_and_pooled_embedding(spatial_dims):
+    torch.manual_seed(0)
+    size = (64,) * 2 if spatial_dims == 2 else (32,) * 3
+    x = _randn(2, 1, *size, seed=3)
+    encoder = ResNet18Encoder(spatial_dims=spatial_dims).eval()
+    multiscale = ResNet18Encoder(multiscale=True, spatial_dims=spatial_dims).eval()
+    multiscale.load_state_dict(encoder.state_dict())
+    axes = tuple(range(2, 2 + spatial_dims))
+    with torch.no_grad():
+        levels = encoder.probe_feature_maps(x)
+        assert [lvl.shape[1:] for lvl in levels] == [
+            (c, *(s // f for s in size)) for c, f in zip((64, 64, 128, 256, 512), (2, 4, 8, 16, 32), strict=True)
+        ]
+        # MONAI's own ResNet forward (average pooling of layer4, no fc) gives the pooled embedding
+        torch.testing.assert_close(encoder(x), ResNet.forward(encoder, x))
+        torch.testing.assert_close(encoder(x), levels[-1].mean(dim=axes))
+        torch.testing.assert_close(multiscale(x), torch.cat([lvl.mean(dim=axes) for lvl in levels], dim=1))
+    assert (encoder.out_channels, multiscale.out_channels) == (512, 1024)
+
+
+def test_resnet18_classifier_loads_the_encoder_export_and_adds_a_head(tmp_path):
+    torch.manual_seed(0)
+    encoder = ResNet18Encoder().eval()
+    torch.save(encoder.state_dict(), tmp_path / "resnet18.pt")
+    classifier = ResNet18Classifier(num_classes=3, head_init_std=0.01).eval()
+    report = load_pretrained(classifier, tmp_path / "resnet18.pt", min_encoder_fraction=1.0)
+    assert sorted(report.loaded) == sorted(encoder.state_dict()) and report.encoder_fraction == 1.0
+    assert report.missing == ["head.bias", "head.weight"]
+    x = _randn(2, 1, 64, 64, seed=4)
+    with torch.no_grad():
+        torch.testing.assert_close(classifier(x), encoder(x) @ classifier.head.weight.T + classifier.head.bias)

@@ -15,6 +15,8 @@ from .attention import (
 )
 from .encoders import (
     SWIN_ENCODER_BLOCKS,
+    ResNet18Classifier,
+    ResNet18Encoder,
     SwinClassifier,
     SwinEncoder,
     SwinLinearProbe,
@@ -59,6 +61,8 @@ __all__ = [
     "SwinLinearProbe",
     "UNetClassifier",
     "UNetEncoder",
+    "ResNet18Encoder",
+    "ResNet18Classifier",
     "pool_and_concat",
     "probe_features",
     "freeze",

@@ -1,6 +1,6 @@
 """Encoders with SwinUNETR's key names: the SwinViT encoder with global average pooling (3D volumes or 2D images),
-its classifier and linear-probe heads, a small U-Net (CNN) encoder and its classifier, and the pooled multi-scale
-features of the probes."""
+its classifier and linear-probe heads, two CNN encoders (a small U-Net's contracting path, and ResNet-18 with
+torchvision's names) with their classifiers, and the pooled multi-scale features of the probes."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from monai.networks.nets import BasicUNet, SwinUNETR
+from monai.networks.nets import BasicUNet, ResNet, SwinUNETR
 from torch import nn
 
 from voco_components.networks.attention import set_window_attention
@@ -25,6 +25,8 @@ __all__ = [
     "SwinLinearProbe",
     "UNetEncoder",
     "UNetClassifier",
+    "ResNet18Encoder",
+    "ResNet18Classifier",
 ]
 
 SWIN_ENCODER_BLOCKS = ("swinViT", "encoder1", "encoder2", "encoder3", "encoder4", "encoder10")
@@ -335,6 +337,97 @@ class UNetClassifier(UNetEncoder):
         head_init_std: float = 0.0,
     ) -> None:
         super().__init__(in_channels=in_channels, features=features, spatial_dims=spatial_dims)
+        self.dropout = nn.Dropout(dropout)
+        self.head = _linear_head(self.out_channels, num_classes, head_init_std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dropout(super().forward(x)))
+
+
+class ResNet18Encoder(ResNet):
+    """ResNet-18 with torchvision's architecture and parameter names, the CNN of PCRLv2's setting (the paper's 2D
+    run), built from MONAI's ``ResNet`` and returning a pooled embedding.
+
+    A 7×7 stride-2 stem, 3×3 stride-2 max pooling, four stages of two basic blocks (64, 128, 256, 512 channels,
+    strides 1, 2, 2, 2) with 1×1 projection shortcuts where the shape changes. The names (``conv1``, ``bn1``,
+    ``layer1..4.{0,1}.{conv1,bn1,conv2,bn2,downsample.0,downsample.1}``) are torchvision's, so a torchvision ResNet-18
+    state dict without ``fc.*`` loads by name (with ``in_channels=3``, or through the loader's channel policy).
+
+    Args:
+        in_channels: input channels.
+        multiscale: return all five levels (the stem and ``layer1..4``) instead of the deepest one.
+        spatial_dims: 2 for images, 3 for volumes.
+
+    Forward: (N, in_channels, *spatial), each axis divisible by 32 -> pooled embedding (N, out_channels): 512 (the
+    deepest level), or 1024 when ``multiscale``.
+    """
+
+    encoder_prefixes: tuple[str, ...] = ("conv1.", "bn1.", "layer1.", "layer2.", "layer3.", "layer4.")
+    """The state-dict prefixes of the pretrained encoder (the whole ResNet; it has no classifier of its own)."""
+
+    level_channels: tuple[int, ...] = (64, 64, 128, 256, 512)
+    """The channels of the five levels: the stem and ``layer1..4``."""
+
+    def __init__(self, in_channels: int = 1, multiscale: bool = False, spatial_dims: int = 2) -> None:
+        super().__init__(
+            block="basic",
+            layers=[2, 2, 2, 2],
+            block_inplanes=[64, 128, 256, 512],
+            spatial_dims=spatial_dims,
+            n_input_channels=in_channels,
+            conv1_t_size=7,
+            conv1_t_stride=2,
+            shortcut_type="B",
+            bias_downsample=False,
+            feed_forward=False,
+        )
+        self.multiscale = multiscale
+        self.out_channels = sum(self.level_channels) if multiscale else self.level_channels[-1]
+
+    def probe_feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """(N, in_channels, *spatial) -> all five levels: the stem (1/2 of the input size), ``layer1..4`` (1/4 to
+        1/32)."""
+        levels = [self.act(self.bn1(self.conv1(x)))]
+        levels.append(self.layer1(self.maxpool(levels[-1])))
+        for layer in (self.layer2, self.layer3, self.layer4):
+            levels.append(layer(levels[-1]))
+        return levels
+
+    def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """(N, in_channels, *spatial) -> the deepest level, or all five when ``multiscale``."""
+        levels = self.probe_feature_maps(x)
+        return levels if self.multiscale else levels[-1:]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return pool_and_concat(self.feature_maps(x))
+
+
+class ResNet18Classifier(ResNet18Encoder):
+    """An image (or volume) classifier on ResNet-18 (:class:`ResNet18Encoder`): global average pooling, dropout and a
+    linear head (:func:`_linear_head`), as :class:`SwinClassifier` and :class:`UNetClassifier`.
+
+    A :class:`ResNet18Encoder` export (``conv1.*``, ``bn1.*``, ``layer1..4.*``) loads into it by name; the head adds
+    ``head.weight`` (num_classes, 512) and ``head.bias``.
+
+    Args:
+        num_classes: number of classes.
+        in_channels: input channels.
+        spatial_dims: 2 for images (radiographs), 3 for volumes.
+        dropout: dropout probability on the pooled embedding before the head.
+        head_init_std: standard deviation of the head's initial weights; 0 starts them at zero.
+
+    Forward: (N, in_channels, *spatial), each axis divisible by 32 -> logits (N, num_classes).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int = 1,
+        spatial_dims: int = 2,
+        dropout: float = 0.0,
+        head_init_std: float = 0.0,
+    ) -> None:
+        super().__init__(in_channels=in_channels, spatial_dims=spatial_dims)
         self.dropout = nn.Dropout(dropout)
         self.head = _linear_head(self.out_channels, num_classes, head_init_std)
 
