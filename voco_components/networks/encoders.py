@@ -170,7 +170,36 @@ def _linear_head(in_features: int, num_classes: int, init_std: float) -> nn.Line
     return head
 
 
-class SwinClassifier(SwinEncoder):
+class _ClassifierHead:
+    """Dropout and a linear head (:func:`_linear_head`) on the pooled embedding of the encoder a classifier extends:
+    ``forward`` gives (N, num_classes) logits."""
+
+    out_channels: int
+
+    def _add_head(self, num_classes: int, dropout: float, head_init_std: float) -> None:
+        self.dropout = nn.Dropout(dropout)
+        self.head = _linear_head(self.out_channels, num_classes, head_init_std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dropout(super().forward(x)))
+
+
+class _PooledLevels:
+    """The embedding of a CNN encoder whose ``probe_feature_maps`` gives its levels: the deepest level, or all of
+    them when ``multiscale``, each average-pooled and concatenated."""
+
+    multiscale: bool
+
+    def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """(N, in_channels, *spatial) -> the deepest level, or every level when ``multiscale``."""
+        levels = self.probe_feature_maps(x)
+        return levels if self.multiscale else levels[-1:]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return pool_and_concat(self.feature_maps(x))
+
+
+class SwinClassifier(_ClassifierHead, SwinEncoder):
     """A volume (or image) classifier: SwinUNETR's encoder, global average pooling, dropout and a linear head.
 
     The encoder tensors keep SwinUNETR's names (``swinViT.*``), so a VoCo export or a SwinUNETR
@@ -212,11 +241,7 @@ class SwinClassifier(SwinEncoder):
         **encoder_kwargs: Any,
     ) -> None:
         super().__init__(in_channels=in_channels, feature_size=feature_size, window_size=window_size, **encoder_kwargs)
-        self.dropout = nn.Dropout(dropout)
-        self.head = _linear_head(self.out_channels, num_classes, head_init_std)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.dropout(super().forward(x)))
+        self._add_head(num_classes, dropout, head_init_std)
 
 
 class SwinLinearProbe(SwinEncoder):
@@ -264,7 +289,7 @@ class SwinLinearProbe(SwinEncoder):
         )
 
 
-class UNetEncoder(nn.Module):
+class UNetEncoder(_PooledLevels, nn.Module):
     """The contracting path of MONAI's ``BasicUNet`` (``conv_0``, ``down_1..4``), with its parameter names.
 
     Args:
@@ -300,16 +325,8 @@ class UNetEncoder(nn.Module):
             levels.append(down(levels[-1]))
         return levels
 
-    def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """(N, in_channels, *spatial) -> the deepest level, or all five when ``multiscale``."""
-        levels = self.probe_feature_maps(x)
-        return levels if self.multiscale else levels[-1:]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return pool_and_concat(self.feature_maps(x))
-
-
-class UNetClassifier(UNetEncoder):
+class UNetClassifier(_ClassifierHead, UNetEncoder):
     """An image (or volume) classifier on a CNN: BasicUNet's contracting path (:class:`UNetEncoder`), global average
     pooling, dropout and a linear head (:func:`_linear_head`), the CNN counterpart of :class:`SwinClassifier`.
 
@@ -337,14 +354,10 @@ class UNetClassifier(UNetEncoder):
         head_init_std: float = 0.0,
     ) -> None:
         super().__init__(in_channels=in_channels, features=features, spatial_dims=spatial_dims)
-        self.dropout = nn.Dropout(dropout)
-        self.head = _linear_head(self.out_channels, num_classes, head_init_std)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.dropout(super().forward(x)))
+        self._add_head(num_classes, dropout, head_init_std)
 
 
-class ResNet18Encoder(ResNet):
+class ResNet18Encoder(_PooledLevels, ResNet):
     """ResNet-18 with torchvision's architecture and parameter names, the CNN of PCRLv2's setting (the paper's 2D
     run), built from MONAI's ``ResNet`` and returning a pooled embedding.
 
@@ -393,16 +406,8 @@ class ResNet18Encoder(ResNet):
             levels.append(layer(levels[-1]))
         return levels
 
-    def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """(N, in_channels, *spatial) -> the deepest level, or all five when ``multiscale``."""
-        levels = self.probe_feature_maps(x)
-        return levels if self.multiscale else levels[-1:]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return pool_and_concat(self.feature_maps(x))
-
-
-class ResNet18Classifier(ResNet18Encoder):
+class ResNet18Classifier(_ClassifierHead, ResNet18Encoder):
     """An image (or volume) classifier on ResNet-18 (:class:`ResNet18Encoder`): global average pooling, dropout and a
     linear head (:func:`_linear_head`), as :class:`SwinClassifier` and :class:`UNetClassifier`.
 
@@ -428,8 +433,4 @@ class ResNet18Classifier(ResNet18Encoder):
         head_init_std: float = 0.0,
     ) -> None:
         super().__init__(in_channels=in_channels, spatial_dims=spatial_dims)
-        self.dropout = nn.Dropout(dropout)
-        self.head = _linear_head(self.out_channels, num_classes, head_init_std)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.dropout(super().forward(x)))
+        self._add_head(num_classes, dropout, head_init_std)
