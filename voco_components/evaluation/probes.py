@@ -27,6 +27,14 @@ def _check_fit_inputs(features: torch.Tensor, labels: torch.Tensor, num_classes:
         raise ValueError(f"labels must lie in [0, {num_classes}), got [{int(labels.min())}, {int(labels.max())}].")
 
 
+def _nearest(train_features: torch.Tensor, query: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` (at most N) nearest of the (N, C) training examples to each (M, C) query by cosine similarity:
+    (M, k) similarities and (M, k) indices, nearest first."""
+    k = min(int(k), train_features.shape[0])
+    similarity = F.normalize(query.double(), dim=1) @ F.normalize(train_features.double(), dim=1).T
+    return similarity.topk(k, dim=1)
+
+
 def knn_predict(
     train_features: torch.Tensor, train_labels: torch.Tensor, query: torch.Tensor, num_classes: int, k: int = 5
 ) -> torch.Tensor:
@@ -44,11 +52,9 @@ def knn_predict(
         in total (the similarities are added as a tie-breaker below one vote).
     """
     _check_fit_inputs(train_features, train_labels, num_classes)
-    k = min(int(k), train_features.shape[0])
-    similarity = F.normalize(query.double(), dim=1) @ F.normalize(train_features.double(), dim=1).T
-    top_similarity, top_index = similarity.topk(k, dim=1)
+    top_similarity, top_index = _nearest(train_features, query, k)
     votes = torch.zeros(query.shape[0], num_classes, dtype=torch.float64)
-    votes.scatter_add_(1, train_labels[top_index], 1.0 + top_similarity / (2.0 * k + 1.0))
+    votes.scatter_add_(1, train_labels[top_index], 1.0 + top_similarity / (2.0 * top_index.shape[1] + 1.0))
     return votes.argmax(dim=1)
 
 
@@ -78,9 +84,7 @@ def knn_multilabel_scores(
         (M, K) scores in [0, 1], a ranking for each class's AUC.
     """
     _check_multilabel_inputs(train_features, train_targets, train_targets.shape[1])
-    k = min(int(k), train_features.shape[0])
-    similarity = F.normalize(query.double(), dim=1) @ F.normalize(train_features.double(), dim=1).T
-    neighbours = similarity.topk(k, dim=1).indices
+    neighbours = _nearest(train_features, query, k).indices
     return train_targets.double()[neighbours].mean(dim=1)
 
 

@@ -53,8 +53,8 @@ def probe_features(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Pooled multi-scale features for probes: (N, in_channels, *spatial) -> (N, F).
 
     Every map of ``encoder.probe_feature_maps`` (:class:`SwinEncoder`: the five ``swinViT`` stages;
-    :class:`UNetEncoder`: the five levels) pooled and concatenated by :func:`pool_and_concat`; an encoder
-    without that method gives its own pooled embedding ``encoder(x)``.
+    :class:`UNetEncoder` and :class:`ResNet18Encoder`: their five levels) pooled and concatenated by
+    :func:`pool_and_concat`; an encoder without that method gives its own pooled embedding ``encoder(x)``.
     """
     maps = getattr(encoder, "probe_feature_maps", None)
     return pool_and_concat(maps(x)) if maps is not None else encoder(x)

@@ -163,8 +163,9 @@ def load_pretrained(
         min_encoder_fraction: fail when fewer than this fraction of the network's encoder tensors
             (names starting with ``encoder_prefixes``) loaded.
         encoder_prefixes: which of the network's tensors count as the encoder; None: the network's own
-            ``encoder_prefixes`` (``swinViT.`` for the Swin encoders, BasicUNet's ``conv_0.`` and ``down_1..4.`` for
-            :class:`~voco_components.networks.UNetEncoder` and its classifier), else ``swinViT.``.
+            ``encoder_prefixes`` (``swinViT.`` for the Swin encoders; BasicUNet's ``conv_0.`` and ``down_1..4.`` for
+            :class:`~voco_components.networks.UNetEncoder`, ``conv1.``, ``bn1.`` and ``layer1..4.`` for
+            :class:`~voco_components.networks.ResNet18Encoder`, and their classifiers), else ``swinViT.``.
         in_channels_policy: for a first-layer weight whose only mismatch is the input-channel axis
             (e.g. 4-channel MRI from a 1-channel CT checkpoint): ``repeat`` or ``reinit``, see
             :func:`adapt_input_channels`.
